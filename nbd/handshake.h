@@ -1,0 +1,100 @@
+// nbd/handshake.h — the client side of NBD negotiation as a state machine (sans-I/O).
+//
+// Drive it like this (the runtime and the tests do exactly this):
+//
+//   nbd::Handshake handshake(options);
+//   while (handshake.state() == nbd::Handshake::State::kRunning) {
+//     send(handshake.output()); handshake.ConsumeOutput(bytes_sent);
+//     read at least handshake.bytes_wanted() bytes; handshake.Feed(bytes) -> consumed
+//   }
+//   // kStartTls: run TLS on the socket, call TlsEstablished(), keep driving.
+//   // kDone: send the remaining output() (e.g. NBD_OPT_ABORT), then use export_info().
+//
+// Supports oldstyle and (fixed) newstyle negotiation, NO_ZEROES, NBD_OPT_STARTTLS (as a state;
+// the TLS session itself belongs to the I/O layer), NBD_OPT_EXTENDED_HEADERS, falling back to
+// NBD_OPT_STRUCTURED_REPLY, falling back to simple replies; NBD_OPT_SET_META_CONTEXT; NBD_OPT_GO
+// with NBD_INFO_NAME/DESCRIPTION/BLOCK_SIZE, falling back to NBD_OPT_EXPORT_NAME when the server
+// answers NBD_REP_ERR_UNSUP; NBD_OPT_INFO, NBD_OPT_LIST and NBD_OPT_LIST_META_CONTEXT followed by
+// NBD_OPT_ABORT. Server replies are validated before use and bounded in size; every failure is
+// an absl::Status that names the option, the reply and what was wrong.
+#ifndef NBDRING_NBD_HANDSHAKE_H_
+#define NBDRING_NBD_HANDSHAKE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "nbd/export_info.h"
+#include "nbd/wire.h"
+
+namespace nbd {
+
+struct HandshakeOptions {
+  enum class Goal {
+    kTransmission,      // NBD_OPT_GO (or EXPORT_NAME): end in the transmission phase
+    kInfo,              // NBD_OPT_INFO, then NBD_OPT_ABORT: learn about the export only
+    kList,              // NBD_OPT_LIST, then NBD_OPT_ABORT
+    kListMetaContexts,  // NBD_OPT_LIST_META_CONTEXT for `meta_contexts`, then NBD_OPT_ABORT
+  };
+  enum class Tls { kDisable, kAllow, kRequire };
+
+  Goal goal = Goal::kTransmission;
+  std::string export_name;  // "" is the server's default export
+  bool structured_replies = true;
+  bool extended_headers = false;
+  // Queries for SET_META_CONTEXT / LIST_META_CONTEXT, e.g. "base:allocation",
+  // "qemu:dirty-bitmap:NAME". Ignored (none negotiated) when replies stay simple.
+  std::vector<std::string> meta_contexts;
+  // Ask for NBD_INFO_BLOCK_SIZE, promising to honour the server's constraints.
+  bool request_block_size = true;
+  Tls tls = Tls::kDisable;
+  // Caps on what a server can make the client buffer.
+  uint32_t max_option_reply_bytes = 16 * 1024;
+  uint32_t max_replies_per_option = 100000;
+};
+
+class Handshake {
+ public:
+  enum class State {
+    kRunning,   // exchange bytes
+    kStartTls,  // STARTTLS was acknowledged: establish TLS, then call TlsEstablished()
+    kDone,      // negotiation over; results are available (send any remaining output first)
+    kFailed,    // a Feed() returned an error; the connection must be dropped
+  };
+
+  explicit Handshake(HandshakeOptions options);
+
+  State state() const;
+  // Bytes to send to the server now. Valid until the next non-const call.
+  absl::Span<const uint8_t> output() const;
+  void ConsumeOutput(size_t bytes_sent);
+  // The smallest number of further bytes the machine needs before it can progress; the I/O
+  // layer may read exactly this much so it never reads past the end of the handshake.
+  size_t bytes_wanted() const;
+  // Consumes server bytes and returns how many were used (all of them while running; fewer
+  // only once the handshake completes: the rest belong to the transmission phase).
+  absl::StatusOr<size_t> Feed(absl::Span<const uint8_t> input);
+  void TlsEstablished();
+
+  // Results, valid in kDone.
+  const ExportInfo& export_info() const { return info_; }
+  const std::vector<ExportListing>& exports() const { return exports_; }  // kList
+  const std::vector<std::string>& listed_meta_contexts() const { return listed_contexts_; }
+  bool tls_active() const { return tls_active_; }
+
+ private:
+  // Private members may be reshaped freely by the implementation.
+  HandshakeOptions options_;
+  ExportInfo info_;
+  std::vector<ExportListing> exports_;
+  std::vector<std::string> listed_contexts_;
+  bool tls_active_ = false;
+};
+
+}  // namespace nbd
+
+#endif  // NBDRING_NBD_HANDSHAKE_H_
