@@ -1,0 +1,503 @@
+#include <algorithm>
+#include <atomic>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "nbd/handshake.h"
+#include "nbdring/client.h"
+#include "runtime/connection.h"
+#include "runtime/ring_thread.h"
+#include "runtime/socket.h"
+
+namespace nbdring {
+
+class Client::Impl {
+ public:
+  ClientOptions options;
+  std::string address_text;
+  std::vector<std::unique_ptr<RingThread>> rings;
+  std::atomic<uint32_t> next_ring{0};
+  std::atomic<bool> closed{false};
+  int connection_count = 0;
+};
+
+namespace {
+
+absl::StatusOr<nbd::NbdUri> ResolveAddress(const ClientOptions& options) {
+  if (options.uri.empty()) return options.address;
+  return nbd::ParseNbdUri(options.uri);
+}
+
+nbd::HandshakeOptions MakeHandshakeOptions(const ClientOptions& options,
+                                           const nbd::NbdUri& address,
+                                           nbd::HandshakeOptions::Goal goal) {
+  nbd::HandshakeOptions handshake;
+  handshake.goal = goal;
+  handshake.export_name = address.export_name;
+  handshake.structured_replies = options.structured_replies;
+  handshake.extended_headers = options.extended_headers;
+  handshake.meta_contexts = options.meta_contexts;
+  handshake.request_block_size = true;
+  return handshake;
+}
+
+struct Negotiated {
+  FileDescriptor fd;
+  nbd::ExportInfo info;
+  std::vector<nbd::ExportListing> exports;
+  std::vector<std::string> meta_contexts;
+};
+
+absl::StatusOr<Negotiated> OpenAndNegotiate(const ClientOptions& options,
+                                            const nbd::NbdUri& address,
+                                            nbd::HandshakeOptions::Goal goal) {
+  absl::Time deadline = absl::Now() + options.connect_timeout;
+  auto fd = ConnectTo(address, deadline);
+  if (!fd.ok()) return fd.status();
+  nbd::Handshake handshake(MakeHandshakeOptions(options, address, goal));
+  absl::Status status = RunHandshake(fd->get(), handshake, deadline);
+  if (!status.ok()) {
+    return absl::Status(status.code(), absl::StrCat("handshake with ", address.ToString(),
+                                                    " failed: ", status.message()));
+  }
+  Negotiated negotiated{*std::move(fd), handshake.export_info(), handshake.exports(),
+                        handshake.listed_meta_contexts()};
+  return negotiated;
+}
+
+struct CallbackOperation : Operation {
+  Client::Callback done;
+  Client::ExtentsCallback extents;
+};
+
+void OnCallbackOperationComplete(Operation* operation, const absl::Status& status) {
+  auto* owned = static_cast<CallbackOperation*>(operation);
+  Client::Callback done = std::move(owned->done);
+  delete owned;
+  done(status);
+}
+
+void OnCallbackOperationExtents(Operation* operation, uint32_t context_id,
+                                absl::Span<const Extent> extents) {
+  auto* owned = static_cast<CallbackOperation*>(operation);
+  if (owned->extents) owned->extents(context_id, extents);
+}
+
+struct SyncOperation : Operation {
+  std::atomic<bool> done{false};
+  absl::Status status;
+  std::vector<std::pair<uint32_t, std::vector<Extent>>>* extents = nullptr;
+};
+
+void OnSyncComplete(Operation* operation, const absl::Status& status) {
+  auto* sync = static_cast<SyncOperation*>(operation);
+  sync->status = status;
+  sync->done.store(true, std::memory_order_release);
+  sync->done.notify_one();
+}
+
+void OnSyncExtents(Operation* operation, uint32_t context_id, absl::Span<const Extent> extents) {
+  auto* sync = static_cast<SyncOperation*>(operation);
+  if (sync->extents != nullptr) {
+    sync->extents->emplace_back(context_id, std::vector<Extent>(extents.begin(), extents.end()));
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
+  auto address = ResolveAddress(options);
+  if (!address.ok()) return address.status();
+  if (options.inflight_limit == 0 || options.inflight_limit > 65536) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "inflight_limit must be between 1 and 65536, got ", options.inflight_limit));
+  }
+  if (options.receive_buffer_bytes < 4096) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "receive_buffer_bytes must be at least 4096, got ", options.receive_buffer_bytes));
+  }
+  int wanted_connections = std::max(options.connections, 1);
+  int threads = std::max(options.threads, 1);
+  if (wanted_connections > 1024 || threads > 256) {
+    return absl::InvalidArgumentError(absl::StrCat("connections (", wanted_connections,
+                                                   ") must be <= 1024 and threads (", threads,
+                                                   ") <= 256"));
+  }
+
+  std::unique_ptr<Client> client(new Client());
+  client->impl_ = std::make_unique<Impl>();
+  Impl& impl = *client->impl_;
+  impl.options = options;
+  impl.address_text = address->ToString();
+
+  std::vector<FileDescriptor> sockets;
+  auto first = OpenAndNegotiate(options, *address, nbd::HandshakeOptions::Goal::kTransmission);
+  if (!first.ok()) return first.status();
+  client->info_ = first->info;
+  sockets.push_back(std::move(first->fd));
+  const ExportInfo& info = client->info_;
+  for (const std::string& context : options.meta_contexts) {
+    if (info.FindMetaContext(context) == nullptr) {
+      client->notes_.push_back(absl::StrCat("the server did not agree to meta context '",
+                                            context, "'"));
+    }
+  }
+
+  int connections = wanted_connections;
+  if (connections > 1 && !info.can_multi_conn()) {
+    client->notes_.push_back(absl::StrCat(
+        "server does not advertise NBD_FLAG_CAN_MULTI_CONN: using 1 connection instead of ",
+        connections));
+    connections = 1;
+  }
+  for (int i = 1; i < connections; ++i) {
+    auto more = OpenAndNegotiate(options, *address, nbd::HandshakeOptions::Goal::kTransmission);
+    if (!more.ok()) {
+      return absl::Status(more.status().code(), absl::StrCat("connection ", i + 1, " of ",
+                                                             connections, ": ",
+                                                             more.status().message()));
+    }
+    if (more->info.size != info.size || more->info.transmission_flags != info.transmission_flags ||
+        more->info.reply_mode != info.reply_mode) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "connection ", i + 1, " negotiated a different export (size ", more->info.size,
+          " flags 0x", absl::Hex(more->info.transmission_flags), ") than connection 1 (size ",
+          info.size, " flags 0x", absl::Hex(info.transmission_flags), ")"));
+    }
+    sockets.push_back(std::move(more->fd));
+  }
+  threads = std::min(threads, connections);
+  impl.connection_count = connections;
+
+  // Split sizes: payloads up to the server's maximum (32 MiB when it states none); requests
+  // without payload up to what a 32-bit length holds, kept a multiple of any block size.
+  uint64_t max_payload = info.block_size.advertised ? info.block_size.maximum : nbd::kDefaultMaxPayload;
+  if (max_payload == 0 || max_payload == UINT32_MAX) max_payload = nbd::kDefaultMaxPayload;
+  if (info.block_size.minimum > 1) max_payload -= max_payload % info.block_size.minimum;
+  if (max_payload == 0) max_payload = info.block_size.minimum;
+
+  std::vector<std::vector<PendingConnection>> per_thread(threads);
+  for (int i = 0; i < connections; ++i) {
+    ConnectionOptions connection_options;
+    connection_options.inflight_limit = options.inflight_limit;
+    connection_options.receive_buffer_bytes = options.receive_buffer_bytes;
+    connection_options.direct_receive_bytes = options.direct_receive_bytes;
+    connection_options.request_timeout_ns = absl::ToInt64Nanoseconds(options.request_timeout);
+    connection_options.max_payload_part = max_payload;
+    connection_options.max_effect_part = (uint64_t{1} << 32) - (uint64_t{1} << 16);
+    connection_options.description =
+        absl::StrCat("connection ", i + 1, " to ", impl.address_text);
+    per_thread[i % threads].push_back({std::move(sockets[i]), std::move(connection_options)});
+  }
+  int64_t timeout_check_ns = 0;
+  if (options.request_timeout > absl::ZeroDuration()) {
+    timeout_check_ns = std::max<int64_t>(absl::ToInt64Nanoseconds(options.request_timeout) / 8,
+                                         1000000);
+  }
+  for (int t = 0; t < threads; ++t) {
+    auto ring = RingThread::Start(info, std::move(per_thread[t]), timeout_check_ns);
+    if (!ring.ok()) return ring.status();
+    impl.rings.push_back(*std::move(ring));
+  }
+  return client;
+}
+
+Client::~Client() { Close().IgnoreError(); }
+
+absl::Status Client::Close() {
+  if (impl_ == nullptr) return absl::OkStatus();
+  for (const std::unique_ptr<RingThread>& ring : impl_->rings) {
+    if (ring->on_this_thread()) {
+      return absl::FailedPreconditionError("Client::Close called from one of its own callbacks");
+    }
+  }
+  if (impl_->closed.exchange(true)) return absl::OkStatus();
+  for (const std::unique_ptr<RingThread>& ring : impl_->rings) ring->RequestClose();
+  for (const std::unique_ptr<RingThread>& ring : impl_->rings) ring->Join();
+  return absl::OkStatus();
+}
+
+int Client::connections() const { return impl_->connection_count; }
+int Client::threads() const { return static_cast<int>(impl_->rings.size()); }
+
+ClientStats Client::stats() const {
+  ClientStats stats;
+  for (const std::unique_ptr<RingThread>& ring : impl_->rings) ring->AddStats(&stats);
+  return stats;
+}
+
+absl::Status Client::Validate(const Operation& operation) const {
+  const char* name = nbd::CommandName(operation.command);
+  auto refuse_flag = [&](uint16_t flag, const char* flag_name,
+                         const char* why) -> absl::Status {
+    if ((operation.flags & flag) == 0) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat("flag ", flag_name, " refused for ", name,
+                                                   ": ", why));
+  };
+  uint16_t allowed = 0;
+  bool needs_range = true;
+  bool writes = false;
+  switch (operation.command) {
+    case Command::kRead:
+      allowed = nbd::kCmdFlagDf | nbd::kCmdFlagFua;
+      break;
+    case Command::kWrite:
+      allowed = nbd::kCmdFlagFua;
+      writes = true;
+      break;
+    case Command::kFlush:
+      if (!info_.can_flush()) {
+        return absl::FailedPreconditionError(
+            "NBD_CMD_FLUSH refused: the server does not advertise NBD_FLAG_SEND_FLUSH");
+      }
+      needs_range = false;
+      break;
+    case Command::kTrim:
+      if (!info_.can_trim()) {
+        return absl::FailedPreconditionError(
+            "NBD_CMD_TRIM refused: the server does not advertise NBD_FLAG_SEND_TRIM");
+      }
+      allowed = nbd::kCmdFlagFua;
+      writes = true;
+      break;
+    case Command::kWriteZeroes:
+      if (!info_.can_zero()) {
+        return absl::FailedPreconditionError(
+            "NBD_CMD_WRITE_ZEROES refused: the server does not advertise "
+            "NBD_FLAG_SEND_WRITE_ZEROES");
+      }
+      allowed = nbd::kCmdFlagFua | nbd::kCmdFlagNoHole | nbd::kCmdFlagFastZero;
+      writes = true;
+      break;
+    case Command::kCache:
+      if (!info_.can_cache()) {
+        return absl::FailedPreconditionError(
+            "NBD_CMD_CACHE refused: the server does not advertise NBD_FLAG_SEND_CACHE");
+      }
+      break;
+    case Command::kBlockStatus:
+      if (info_.meta_contexts.empty()) {
+        return absl::FailedPreconditionError(
+            "NBD_CMD_BLOCK_STATUS refused: no meta context was negotiated (set "
+            "ClientOptions::meta_contexts, e.g. base:allocation)");
+      }
+      allowed = nbd::kCmdFlagReqOne;
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, " (", static_cast<int>(operation.command), ") cannot be submitted"));
+  }
+  if (writes && info_.read_only()) {
+    return absl::FailedPreconditionError(absl::StrCat(name, " refused: the export is read-only"));
+  }
+  if (uint16_t unknown = operation.flags & ~allowed; unknown != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("flags 0x", absl::Hex(unknown),
+                                                   " are not valid for ", name));
+  }
+  absl::Status status = refuse_flag(nbd::kCmdFlagFua, "NBD_CMD_FLAG_FUA",
+                                    info_.can_fua() ? "" : "the server does not advertise NBD_FLAG_SEND_FUA");
+  if (info_.can_fua()) status = absl::OkStatus();
+  if (!status.ok()) return status;
+  if (!info_.can_df() || !info_.structured_replies()) {
+    status = refuse_flag(nbd::kCmdFlagDf, "NBD_CMD_FLAG_DF",
+                         "the server does not advertise NBD_FLAG_SEND_DF with structured replies");
+    if (!status.ok()) return status;
+  }
+  if (!info_.can_fast_zero()) {
+    status = refuse_flag(nbd::kCmdFlagFastZero, "NBD_CMD_FLAG_FAST_ZERO",
+                         "the server does not advertise NBD_FLAG_SEND_FAST_ZERO");
+    if (!status.ok()) return status;
+  }
+  if (!needs_range) {
+    if (operation.offset != 0 || operation.length != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(name, " takes no range; got offset ",
+                                                     operation.offset, " length ",
+                                                     operation.length));
+    }
+    return absl::OkStatus();
+  }
+  if (operation.length == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(name, " of length 0 at offset ",
+                                                   operation.offset, " is not allowed"));
+  }
+  if (operation.offset > info_.size || operation.length > info_.size - operation.offset) {
+    return absl::OutOfRangeError(absl::StrCat(name, " at offset ", operation.offset, " length ",
+                                              operation.length,
+                                              " is beyond the end of the export (size ",
+                                              info_.size, ")"));
+  }
+  uint32_t minimum = info_.block_size.minimum;
+  if (minimum > 1 && (operation.offset % minimum != 0 || operation.length % minimum != 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        name, " at offset ", operation.offset, " length ", operation.length,
+        " is not aligned to the server's minimum block size ", minimum));
+  }
+  if ((operation.command == Command::kRead || operation.command == Command::kWrite) &&
+      operation.buffer == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(name, " needs a buffer"));
+  }
+  if (operation.on_complete == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(name, " needs an on_complete callback"));
+  }
+  return absl::OkStatus();
+}
+
+void Client::Submit(Operation* operation) {
+  operation->next_ = nullptr;
+  operation->staged_bytes_ = 0;
+  operation->parts_outstanding_ = 0;
+  operation->fully_staged_ = false;
+  operation->waited_for_slot_ = false;
+  operation->first_error_ = Validate(*operation);
+  if (operation->on_complete == nullptr) return;  // nothing to tell; Validate said why
+  if (operation->command == Command::kBlockStatus && !info_.extended_headers() &&
+      operation->length > UINT32_MAX) {
+    // A compact request cannot say more; the server describes a prefix, which is allowed.
+    operation->length = (uint64_t{1} << 32) - (uint64_t{1} << 16);
+  }
+  if (impl_->closed.load(std::memory_order_acquire)) {
+    // No ring runs any more: the only place left to complete is here.
+    operation->on_complete(operation, absl::UnavailableError("the client is closed"));
+    return;
+  }
+  for (const std::unique_ptr<RingThread>& ring : impl_->rings) {
+    if (ring->on_this_thread()) {
+      ring->Submit(operation);
+      return;
+    }
+  }
+  uint32_t index = impl_->next_ring.fetch_add(1, std::memory_order_relaxed) % impl_->rings.size();
+  impl_->rings[index]->Submit(operation);
+}
+
+namespace {
+
+void SubmitCallback(Client* client, Command command, uint16_t flags, uint64_t offset,
+                    uint64_t length, void* buffer, Client::Callback done,
+                    Client::ExtentsCallback extents = nullptr) {
+  auto* operation = new CallbackOperation();
+  operation->command = command;
+  operation->flags = flags;
+  operation->offset = offset;
+  operation->length = length;
+  operation->buffer = buffer;
+  operation->done = std::move(done);
+  operation->extents = std::move(extents);
+  operation->on_complete = &OnCallbackOperationComplete;
+  if (operation->extents) operation->on_extents = &OnCallbackOperationExtents;
+  client->Submit(operation);
+}
+
+}  // namespace
+
+void Client::Pread(void* buffer, uint64_t length, uint64_t offset, Callback done, uint16_t flags) {
+  SubmitCallback(this, Command::kRead, flags, offset, length, buffer, std::move(done));
+}
+void Client::Pwrite(const void* buffer, uint64_t length, uint64_t offset, Callback done,
+                    uint16_t flags) {
+  SubmitCallback(this, Command::kWrite, flags, offset, length, const_cast<void*>(buffer),
+                 std::move(done));
+}
+void Client::Flush(Callback done) {
+  SubmitCallback(this, Command::kFlush, 0, 0, 0, nullptr, std::move(done));
+}
+void Client::Trim(uint64_t length, uint64_t offset, Callback done, uint16_t flags) {
+  SubmitCallback(this, Command::kTrim, flags, offset, length, nullptr, std::move(done));
+}
+void Client::WriteZeroes(uint64_t length, uint64_t offset, Callback done, uint16_t flags) {
+  SubmitCallback(this, Command::kWriteZeroes, flags, offset, length, nullptr, std::move(done));
+}
+void Client::Cache(uint64_t length, uint64_t offset, Callback done) {
+  SubmitCallback(this, Command::kCache, 0, offset, length, nullptr, std::move(done));
+}
+void Client::BlockStatus(uint64_t length, uint64_t offset, ExtentsCallback extents,
+                         Callback done, uint16_t flags) {
+  SubmitCallback(this, Command::kBlockStatus, flags, offset, length, nullptr, std::move(done),
+                 std::move(extents));
+}
+
+namespace {
+
+absl::Status RunSync(Client* client, bool on_ring_thread, Command command, uint16_t flags,
+                     uint64_t offset, uint64_t length, void* buffer,
+                     std::vector<std::pair<uint32_t, std::vector<Extent>>>* extents = nullptr) {
+  if (on_ring_thread) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "synchronous ", nbd::CommandName(command),
+        " called from a client callback would wait for itself; use the asynchronous call"));
+  }
+  SyncOperation operation;
+  operation.command = command;
+  operation.flags = flags;
+  operation.offset = offset;
+  operation.length = length;
+  operation.buffer = buffer;
+  operation.extents = extents;
+  operation.on_complete = &OnSyncComplete;
+  if (extents != nullptr) operation.on_extents = &OnSyncExtents;
+  client->Submit(&operation);
+  while (!operation.done.load(std::memory_order_acquire)) operation.done.wait(false);
+  return operation.status;
+}
+
+}  // namespace
+
+#define NBDRING_ON_RING_THREAD                                              \
+  std::any_of(impl_->rings.begin(), impl_->rings.end(),                     \
+              [](const std::unique_ptr<RingThread>& ring) { return ring->on_this_thread(); })
+
+absl::Status Client::PreadSync(void* buffer, uint64_t length, uint64_t offset, uint16_t flags) {
+  return RunSync(this, NBDRING_ON_RING_THREAD, Command::kRead, flags, offset, length, buffer);
+}
+absl::Status Client::PwriteSync(const void* buffer, uint64_t length, uint64_t offset,
+                                uint16_t flags) {
+  return RunSync(this, NBDRING_ON_RING_THREAD, Command::kWrite, flags, offset, length,
+                 const_cast<void*>(buffer));
+}
+absl::Status Client::FlushSync() {
+  return RunSync(this, NBDRING_ON_RING_THREAD, Command::kFlush, 0, 0, 0, nullptr);
+}
+absl::Status Client::TrimSync(uint64_t length, uint64_t offset, uint16_t flags) {
+  return RunSync(this, NBDRING_ON_RING_THREAD, Command::kTrim, flags, offset, length, nullptr);
+}
+absl::Status Client::WriteZeroesSync(uint64_t length, uint64_t offset, uint16_t flags) {
+  return RunSync(this, NBDRING_ON_RING_THREAD, Command::kWriteZeroes, flags, offset, length,
+                 nullptr);
+}
+absl::Status Client::CacheSync(uint64_t length, uint64_t offset) {
+  return RunSync(this, NBDRING_ON_RING_THREAD, Command::kCache, 0, offset, length, nullptr);
+}
+absl::Status Client::BlockStatusSync(
+    uint64_t length, uint64_t offset,
+    std::vector<std::pair<uint32_t, std::vector<Extent>>>* extents, uint16_t flags) {
+  return RunSync(this, NBDRING_ON_RING_THREAD, Command::kBlockStatus, flags, offset, length,
+                 nullptr, extents);
+}
+
+#undef NBDRING_ON_RING_THREAD
+
+absl::StatusOr<ExportQuery> QueryExport(const ClientOptions& options) {
+  auto address = ResolveAddress(options);
+  if (!address.ok()) return address.status();
+  auto negotiated = OpenAndNegotiate(options, *address, nbd::HandshakeOptions::Goal::kInfo);
+  if (!negotiated.ok()) return negotiated.status();
+  ExportQuery query;
+  query.info = negotiated->info;
+  if (!options.meta_contexts.empty() && options.structured_replies) {
+    auto contexts =
+        OpenAndNegotiate(options, *address, nbd::HandshakeOptions::Goal::kListMetaContexts);
+    if (!contexts.ok()) return contexts.status();
+    query.available_meta_contexts = contexts->meta_contexts;
+  }
+  return query;
+}
+
+absl::StatusOr<std::vector<nbd::ExportListing>> ListExports(const ClientOptions& options) {
+  auto address = ResolveAddress(options);
+  if (!address.ok()) return address.status();
+  auto negotiated = OpenAndNegotiate(options, *address, nbd::HandshakeOptions::Goal::kList);
+  if (!negotiated.ok()) return negotiated.status();
+  return negotiated->exports;
+}
+
+}  // namespace nbdring

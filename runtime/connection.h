@@ -1,0 +1,163 @@
+// runtime/connection.h — one socket to the server, driven by the ring thread that owns it.
+//
+// A Connection turns queued Operations into NBD requests and replies into completions:
+//   pending_ (FIFO of Operations waiting for an in-flight slot)
+//     -> staged: a slot in table_, header encoded into headers_, iovecs in the send batch
+//     -> sent: one sendmsg in the kernel at a time
+//     -> replied: ReplyParser events copy or receive data into the caller's buffer
+//     -> completed: slot released, Operation's on_complete called (once per Operation, after
+//        its last part when it was split).
+//
+// The send chain. At most one sendmsg per connection is in the kernel, because a stream
+// socket must carry requests whole and in order:
+//     idle --Flush() finds staged work--> sending --CQE, all bytes--> idle
+//                                         sending --CQE, short-----> sending (rest of batch)
+//                                         sending --CQE, error-----> connection fails
+// Requests are staged only while the chain is idle, so everything issued during one loop
+// turn (and while the previous batch was in the kernel) leaves in one sendmsg. A reply can be
+// parsed before the CQE of the send that carried its request is reaped (both may land in one
+// reap); such a request is finished only when its batch's send completes, since until then
+// the kernel may still read the caller's write buffer. Only StageBatch, PostSend and OnSend
+// touch the chain.
+//
+// Receiving: one recv is always armed. Normally it fills recv_buffer_, which can hold many
+// replies; when the parser is inside a read payload of at least direct_receive_bytes, the recv
+// targets the caller's buffer instead (MSG_WAITALL), so large reads are never copied.
+//
+// Failure: the first fatal error (server closed, socket error, protocol violation, timeout)
+// moves the connection to kDying. The socket is shut down so the kernel finishes our pending
+// recv/send promptly; once none is left in the kernel (so no kernel write can land in a
+// caller's buffer any more), every staged and pending Operation completes with the error.
+#ifndef NBDRING_RUNTIME_CONNECTION_H_
+#define NBDRING_RUNTIME_CONNECTION_H_
+
+#include <sys/uio.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "nbd/export_info.h"
+#include "nbd/reply_parser.h"
+#include "nbdring/client.h"
+#include "runtime/inflight_table.h"
+#include "runtime/operation_queue.h"
+#include "runtime/ring.h"
+#include "runtime/socket.h"
+
+namespace nbdring {
+
+struct ConnectionOptions {
+  uint32_t inflight_limit = 64;
+  uint32_t receive_buffer_bytes = 256 * 1024;
+  uint32_t direct_receive_bytes = 16 * 1024;
+  int64_t request_timeout_ns = 0;  // 0: none
+  uint64_t max_payload_part = nbd::kDefaultMaxPayload;  // READ/WRITE split size
+  uint64_t max_effect_part = UINT32_MAX;                // TRIM/WRITE_ZEROES/CACHE split size
+  std::string description;  // "connection 1 to nbd+unix:///?socket=..." for messages
+};
+
+struct ConnectionCounters {
+  std::atomic<uint64_t> requests{0};
+  std::atomic<uint64_t> wire_requests{0};
+  std::atomic<uint64_t> bytes_read{0};
+  std::atomic<uint64_t> bytes_written{0};
+  std::atomic<uint64_t> errors{0};
+  std::atomic<uint64_t> queue_full_waits{0};
+};
+
+// Completes `operation` if `status` is its last part (helper shared with the ring thread).
+void CompleteOperationPart(Operation* operation, const absl::Status& status,
+                           ConnectionCounters* counters);
+
+class Connection : private nbd::RequestLookup {
+ public:
+  enum class State { kOpen, kDisconnecting, kDying, kClosed };
+
+  Connection(Ring* ring, FileDescriptor fd, const nbd::ExportInfo& info,
+             ConnectionOptions options);
+  ~Connection() override;
+
+  // Arms the first receive. Ring thread only, like everything below.
+  void Start();
+  void Enqueue(Operation* operation);
+  // Stages waiting requests and starts a send when the chain is idle.
+  void Flush();
+  // Fails the connection if a request has been in flight longer than the request timeout.
+  void CheckTimeouts(int64_t now_ns);
+  void Fail(absl::Status status);
+  // Orderly end once idle: NBD_CMD_DISC, then close.
+  void Disconnect();
+
+  State state() const { return state_; }
+  bool usable() const { return state_ == State::kOpen; }
+  bool idle() const { return pending_.empty() && table_.in_use() == 0; }
+  uint64_t outstanding_bytes() const { return outstanding_bytes_; }
+  uint32_t in_flight() const { return table_.in_use(); }
+  const absl::Status& failure() const { return failure_; }
+  const ConnectionCounters& counters() const { return counters_; }
+
+ private:
+  struct Slot : nbd::InflightRequest {
+    Operation* operation = nullptr;
+    uint64_t part_offset = 0;  // of this part within the Operation
+    uint64_t batch = 0;        // send batch that carries the request
+    int64_t deadline_ns = 0;
+    bool reply_done = false;   // replied, waiting for its batch's send to complete
+    absl::Status deferred_status;
+  };
+
+  nbd::InflightRequest* Find(uint64_t cookie) override;
+
+  void StageBatch();
+  void PostSend();
+  static void OnSend(IoCompletion* completion);
+  void ArmReceive();
+  static void OnReceive(IoCompletion* completion);
+  void ProcessInput(absl::Span<const uint8_t> input);
+  void FinishSlot(uint64_t cookie, Slot* slot, const absl::Status& status);
+  void CompleteSlot(uint64_t cookie, Slot* slot, const absl::Status& status);
+  void CompleteDeferredSlots();
+  void MaybeFinishDying();
+  uint64_t PartLimit(const Operation& operation) const;
+
+  Ring* ring_;
+  FileDescriptor fd_;
+  ConnectionOptions options_;
+  bool extended_headers_;
+  State state_ = State::kOpen;
+  absl::Status failure_;
+  unsigned kernel_operations_ = 0;  // our SQEs the kernel has not completed yet
+
+  InflightTable<Slot> table_;
+  OperationQueue pending_;
+  uint64_t outstanding_bytes_ = 0;
+
+  // The send chain.
+  IoCompletion send_completion_;
+  bool send_in_flight_ = false;
+  bool disconnect_sent_ = false;
+  std::unique_ptr<uint8_t[]> headers_;
+  std::vector<iovec> iovecs_;
+  size_t iovec_first_ = 0;  // first iovec not completely sent
+  size_t iovec_count_ = 0;
+  msghdr message_{};
+  uint64_t batch_ = 0;       // id of the newest staged batch
+  uint64_t sent_batch_ = 0;  // every batch up to this id is completely sent
+  uint32_t deferred_slots_ = 0;
+
+  // Receiving.
+  IoCompletion receive_completion_;
+  std::unique_ptr<uint8_t[]> receive_buffer_;
+  bool receive_direct_ = false;
+  nbd::ReplyParser parser_;
+
+  ConnectionCounters counters_;
+};
+
+}  // namespace nbdring
+
+#endif  // NBDRING_RUNTIME_CONNECTION_H_

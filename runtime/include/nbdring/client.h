@@ -1,0 +1,213 @@
+// nbdring/client.h — the NBD client that storage appliances embed.
+//
+// A Client talks to one export over one or more connections (multi-conn, when the server
+// advertises NBD_FLAG_CAN_MULTI_CONN) driven by one or more ring threads, each owning an
+// io_uring. Requests are batched: everything issued during one turn of a ring's loop goes out
+// with one io_uring_enter.
+//
+// Two ways to issue a request:
+//  * Operation (zero allocation): the caller owns an nbdring::Operation, fills in the
+//    command, range, buffer and `on_complete`, and calls Submit(). The object must stay alive
+//    and unmoved until `on_complete` runs. This is the hot path the benchmark uses.
+//  * Convenience calls (Pread, Pwrite, ...): take an absl::AnyInvocable callback; the client
+//    allocates the Operation for you (one allocation per call). The *Sync variants block the
+//    calling thread until the request completes.
+//
+// Threading contract:
+//  * Submit()/Pread()/... may be called from any thread, including from inside a callback.
+//    From a ring thread of this client they go straight to that ring; from other threads
+//    through a lock-free queue plus a wakeup of the ring.
+//  * Every callback runs on a ring thread, exactly once, after that ring has drained its
+//    completion queue (never from inside Submit). Callbacks must not block: a blocking call
+//    (a *Sync method, Close) from a ring thread returns FailedPreconditionError.
+//  * Every request completes exactly once — with the server's answer, with an error naming
+//    what the server did wrong, or with UnavailableError when its connection died or the
+//    client closed. Nothing is dropped silently.
+//
+// Buffers: a read's buffer receives data straight from the socket when the payload is large
+// (no copy); small payloads are copied from the connection's receive buffer. A write's buffer
+// is sent from where it lies. Buffers belong to the client from Submit until the callback.
+#ifndef NBDRING_CLIENT_H_
+#define NBDRING_CLIENT_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "nbd/export_info.h"
+#include "nbd/reply_parser.h"
+#include "nbd/uri.h"
+#include "nbd/wire.h"
+
+namespace nbdring {
+
+class Operation;
+struct ConnectionCounters;  // runtime-internal
+void CompleteOperationPart(Operation* operation, const absl::Status& status,
+                           ConnectionCounters* counters);  // runtime-internal
+
+using nbd::Command;
+using nbd::Extent;
+using nbd::ExportInfo;
+
+struct ClientOptions {
+  // Where to connect: an NBD URI (nbd://, nbd+unix://, nbd+vsock://; nbds needs TLS, which
+  // this build refuses with a clear error). Alternatively fill `address` directly.
+  std::string uri;
+  nbd::NbdUri address;  // used when `uri` is empty
+
+  // Connections to open. More than one only if the server advertises CAN_MULTI_CONN; the
+  // client then says so in Client::notes(). 0 means 1.
+  int connections = 1;
+  // Ring threads; connections are spread over them round-robin. 0 means 1.
+  int threads = 1;
+  // Requests in flight per connection (the in-flight table's capacity). Further requests
+  // wait in a queue and go out as slots free.
+  uint32_t inflight_limit = 64;
+  // Meta contexts to negotiate, e.g. {"base:allocation"}; needed for BlockStatus().
+  std::vector<std::string> meta_contexts;
+  bool structured_replies = true;
+  bool extended_headers = false;
+
+  absl::Duration connect_timeout = absl::Seconds(10);  // connect + handshake, per connection
+  // Per-request timeout; zero means none. A request that times out completes with
+  // DeadlineExceededError and its connection is closed (the server may still answer it).
+  absl::Duration request_timeout = absl::ZeroDuration();
+  // Receive buffer per connection. Read payloads at least `direct_receive_bytes` long go
+  // straight into the caller's buffer; smaller ones are copied out of this buffer, which
+  // lets one receive carry many replies.
+  uint32_t receive_buffer_bytes = 256 * 1024;
+  uint32_t direct_receive_bytes = 16 * 1024;
+};
+
+// A request owned by the caller. Fill in the public fields, then Client::Submit(). The object
+// is the caller's again as soon as `on_complete` runs: it may be reused or resubmitted from
+// inside the callback.
+class Operation {
+ public:
+  Command command = Command::kRead;
+  uint16_t flags = 0;  // nbd::kCmdFlag*
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  // kRead: destination of `length` bytes. kWrite: source. Unused otherwise.
+  void* buffer = nullptr;
+
+  // Called once when the request is complete.
+  void (*on_complete)(Operation* operation, const absl::Status& status) = nullptr;
+  // kBlockStatus: called for each extent list the server sends (one per meta context).
+  void (*on_extents)(Operation* operation, uint32_t context_id,
+                     absl::Span<const Extent> extents) = nullptr;
+  // kRead (optional): called for each hole the server reported (the buffer range is zeroed
+  // before this call), with the hole's offset relative to `offset`.
+  void (*on_hole)(Operation* operation, uint64_t offset_in_request, uint64_t length) = nullptr;
+  void* user_data = nullptr;
+
+ private:
+  friend class Connection;
+  friend class Client;
+  friend class Ring;
+  friend class OperationQueue;
+  friend class SubmissionInbox;
+  friend class RingThread;
+  friend void CompleteOperationPart(Operation*, const absl::Status&, ConnectionCounters*);
+  Operation* next_ = nullptr;        // intrusive link: submission and wait queues
+  uint64_t staged_bytes_ = 0;        // split requests: bytes already handed to slots
+  uint32_t parts_outstanding_ = 0;   // split requests: parts sent but not completed
+  bool fully_staged_ = false;        // every part has been handed to an in-flight slot
+  bool waited_for_slot_ = false;     // counted once in queue_full_waits
+  absl::Status first_error_;         // split requests: the first part's error wins
+};
+
+// Counters, summed over connections and rings. Read at any time from any thread.
+struct ClientStats {
+  uint64_t requests = 0;          // operations completed (a split request counts once)
+  uint64_t wire_requests = 0;     // NBD requests sent (split parts count separately)
+  uint64_t bytes_read = 0;
+  uint64_t bytes_written = 0;
+  uint64_t errors = 0;
+  uint64_t enters = 0;            // io_uring_enter calls
+  uint64_t sqes = 0;              // SQEs submitted
+  uint64_t cqes = 0;
+  uint64_t queue_full_waits = 0;  // requests that had to wait for an in-flight slot
+  uint64_t wakeups = 0;           // cross-thread submissions that had to wake a ring
+};
+
+class Client {
+ public:
+  // Connects, negotiates, and starts the ring threads. Errors name the stage that failed
+  // (URI, connect, handshake with the server's reply, io_uring set-up and why).
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const ClientOptions& options);
+
+  // Drains every request, sends NBD_CMD_DISC and closes. Idempotent.
+  ~Client();
+  absl::Status Close();
+
+  const ExportInfo& export_info() const { return info_; }
+  uint64_t size() const { return info_.size; }
+  int connections() const;
+  int threads() const;
+  // Decisions the client made that the user should know about (e.g. "server does not
+  // advertise NBD_FLAG_CAN_MULTI_CONN: using 1 connection instead of 4").
+  const std::vector<std::string>& notes() const { return notes_; }
+  ClientStats stats() const;
+
+  // Validates and queues `operation`. A request the export cannot take (read-only, flag not
+  // advertised, out of range, zero length, misaligned to the minimum block size, ...) completes
+  // through on_complete with InvalidArgument/FailedPrecondition/OutOfRange without being sent.
+  void Submit(Operation* operation);
+  // The same checks, synchronously, without queueing anything.
+  absl::Status Validate(const Operation& operation) const;
+
+  using Callback = absl::AnyInvocable<void(absl::Status)>;
+  using ExtentsCallback = absl::AnyInvocable<void(uint32_t context_id, absl::Span<const Extent>)>;
+  void Pread(void* buffer, uint64_t length, uint64_t offset, Callback done, uint16_t flags = 0);
+  void Pwrite(const void* buffer, uint64_t length, uint64_t offset, Callback done,
+              uint16_t flags = 0);
+  void Flush(Callback done);
+  void Trim(uint64_t length, uint64_t offset, Callback done, uint16_t flags = 0);
+  void WriteZeroes(uint64_t length, uint64_t offset, Callback done, uint16_t flags = 0);
+  void Cache(uint64_t length, uint64_t offset, Callback done);
+  void BlockStatus(uint64_t length, uint64_t offset, ExtentsCallback extents, Callback done,
+                   uint16_t flags = 0);
+
+  absl::Status PreadSync(void* buffer, uint64_t length, uint64_t offset, uint16_t flags = 0);
+  absl::Status PwriteSync(const void* buffer, uint64_t length, uint64_t offset,
+                          uint16_t flags = 0);
+  absl::Status FlushSync();
+  absl::Status TrimSync(uint64_t length, uint64_t offset, uint16_t flags = 0);
+  absl::Status WriteZeroesSync(uint64_t length, uint64_t offset, uint16_t flags = 0);
+  absl::Status CacheSync(uint64_t length, uint64_t offset);
+  // Collects the extents of every context into `extents` (context id -> list, in order).
+  absl::Status BlockStatusSync(uint64_t length, uint64_t offset,
+                               std::vector<std::pair<uint32_t, std::vector<Extent>>>* extents,
+                               uint16_t flags = 0);
+
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+ private:
+  class Impl;
+  Client() = default;
+  ExportInfo info_;
+  std::vector<std::string> notes_;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Negotiation-only helpers for tools such as nbd-info: connect, ask, NBD_OPT_ABORT.
+struct ExportQuery {
+  ExportInfo info;
+  std::vector<std::string> available_meta_contexts;  // LIST_META_CONTEXT for the queries
+};
+absl::StatusOr<ExportQuery> QueryExport(const ClientOptions& options);
+absl::StatusOr<std::vector<nbd::ExportListing>> ListExports(const ClientOptions& options);
+
+}  // namespace nbdring
+
+#endif  // NBDRING_CLIENT_H_

@@ -1,0 +1,159 @@
+#include "runtime/ring.h"
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace nbdring {
+namespace {
+
+std::string ReadSysctl(const char* path) {
+  std::ifstream in(path);
+  std::string value;
+  if (in) std::getline(in, value);
+  return value;
+}
+
+}  // namespace
+
+absl::Status DescribeRingSetupFailure(int error_number) {
+  std::string disabled = ReadSysctl("/proc/sys/kernel/io_uring_disabled");
+  switch (error_number) {
+    case ENOSYS:
+      return absl::UnavailableError(
+          "io_uring is not available: the kernel lacks it (needs Linux 5.19 or later) or a "
+          "seccomp filter (container runtime default profile) blocks io_uring_setup; allow the "
+          "io_uring_setup/io_uring_enter/io_uring_register syscalls");
+    case EPERM:
+      if (!disabled.empty() && disabled != "0") {
+        return absl::PermissionDeniedError(absl::StrCat(
+            "io_uring is disabled by sysctl kernel.io_uring_disabled=", disabled,
+            (disabled == "1" ? " (only members of kernel.io_uring_group may use it)" : ""),
+            "; run 'sysctl -w kernel.io_uring_disabled=0' as root"));
+      }
+      return absl::PermissionDeniedError(
+          "io_uring_setup was refused (EPERM): a seccomp or LSM policy forbids io_uring here; "
+          "allow the io_uring syscalls for this process");
+    case ENOMEM:
+      return absl::ResourceExhaustedError(
+          "io_uring_setup failed with ENOMEM: the locked-memory limit is too low for the ring "
+          "(raise 'ulimit -l' or use a kernel >= 5.12 that accounts rings differently)");
+    default:
+      return absl::InternalError(
+          absl::StrCat("io_uring_setup failed: ", std::strerror(error_number)));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Ring>> Ring::Create(unsigned entries) {
+  std::unique_ptr<Ring> ring(new Ring());
+  struct Attempt {
+    unsigned flags;
+    const char* description;
+  };
+  // Best first. DEFER_TASKRUN needs SINGLE_ISSUER (6.1+); COOP_TASKRUN alone is 5.19+.
+  const Attempt attempts[] = {
+      {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL,
+       "SINGLE_ISSUER|DEFER_TASKRUN|SUBMIT_ALL"},
+      {IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL, "COOP_TASKRUN|SUBMIT_ALL"},
+      {0, "plain"},
+  };
+  int result = 0;
+  for (const Attempt& attempt : attempts) {
+    io_uring_params params{};
+    params.flags = attempt.flags;
+    result = io_uring_queue_init_params(entries, &ring->ring_, &params);
+    if (result == 0) {
+      ring->initialised_ = true;
+      ring->setup_description_ = attempt.description;
+      if ((params.features & IORING_FEAT_EXT_ARG) == 0) {
+        io_uring_queue_exit(&ring->ring_);
+        return absl::UnavailableError(
+            "io_uring lacks IORING_FEAT_EXT_ARG (timed waits); nbdring needs Linux 5.11+");
+      }
+      return ring;
+    }
+    // EINVAL means "flag not supported": try the next set. Anything else is final.
+    if (result != -EINVAL) break;
+  }
+  return DescribeRingSetupFailure(-result);
+}
+
+Ring::~Ring() {
+  if (initialised_) io_uring_queue_exit(&ring_);
+}
+
+io_uring_sqe* Ring::Prepare(IoCompletion* completion) {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  if (sqe == nullptr) {
+    Submit();
+    sqe = io_uring_get_sqe(&ring_);
+  }
+  // With SUBMIT_ALL and an SQ sized above the connections' needs this cannot stay null; the
+  // loop guards against a kernel that accepted only part of a submission.
+  while (sqe == nullptr) {
+    Submit();
+    sqe = io_uring_get_sqe(&ring_);
+  }
+  io_uring_sqe_set_data(sqe, completion);
+  ++queued_;
+  return sqe;
+}
+
+void Ring::Submit() {
+  if (queued_ == 0) return;
+  io_uring_submit(&ring_);
+  AccountSubmission();
+}
+
+void Ring::SubmitAndWait(int64_t timeout_ns) {
+  io_uring_cqe* cqe = nullptr;
+  if (timeout_ns >= 0) {
+    __kernel_timespec timeout{};
+    timeout.tv_sec = timeout_ns / 1000000000;
+    timeout.tv_nsec = timeout_ns % 1000000000;
+    io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &timeout, nullptr);
+  } else {
+    io_uring_submit_and_wait(&ring_, 1);
+  }
+  AccountSubmission();
+}
+
+void Ring::AccountSubmission() {
+  // Counted as one io_uring_enter per call: liburing may skip the syscall when nothing is
+  // queued and a completion is already visible, so this errs on the side of more enters.
+  Increment(counters_.enters, 1);
+  unsigned left = io_uring_sq_ready(&ring_);
+  if (left < queued_) Increment(counters_.sqes, queued_ - left);
+  queued_ = left;
+}
+
+unsigned Ring::Reap() {
+  IoCompletion* ready_head = nullptr;
+  IoCompletion** ready_tail = &ready_head;
+  unsigned count = 0;
+  unsigned head;
+  io_uring_cqe* cqe;
+  io_uring_for_each_cqe(&ring_, head, cqe) {
+    auto* completion = static_cast<IoCompletion*>(io_uring_cqe_get_data(cqe));
+    ++count;
+    if (completion == nullptr) continue;  // an SQE nobody waits for (e.g. a cancel)
+    completion->result = cqe->res;
+    completion->flags = cqe->flags;
+    completion->next_ready = nullptr;
+    *ready_tail = completion;
+    ready_tail = &completion->next_ready;
+  }
+  io_uring_cq_advance(&ring_, count);
+  Increment(counters_.cqes, count);
+  for (IoCompletion* completion = ready_head; completion != nullptr;) {
+    IoCompletion* next = completion->next_ready;  // the handler may re-arm `completion`
+    completion->handler(completion);
+    completion = next;
+  }
+  return count;
+}
+
+}  // namespace nbdring

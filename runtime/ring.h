@@ -1,0 +1,81 @@
+// runtime/ring.h — one io_uring, owned and used by one thread.
+//
+// Completions are caller-owned IoCompletion objects whose address is the SQE's user_data
+// (the TigerBeetle pattern): no lookup table, no allocation per operation. Reap() drains the
+// whole completion queue into a list first and only then runs the handlers, so a handler that
+// queues new SQEs never re-enters the reaping loop and CQ entries are released early.
+//
+// Create() probes the kernel and picks the best set-up flags it accepts: SINGLE_ISSUER +
+// DEFER_TASKRUN (completion work runs only when this thread enters the kernel, which is when
+// it wants it) + COOP_TASKRUN, falling back to plain rings on older kernels. When io_uring is
+// not available at all the error says why (sysctl, seccomp/container policy, old kernel,
+// memlock limit) and what to do. It must be called on the thread that will use the ring.
+#ifndef NBDRING_RUNTIME_RING_H_
+#define NBDRING_RUNTIME_RING_H_
+
+#include <liburing.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "runtime/counter.h"
+
+namespace nbdring {
+
+struct IoCompletion {
+  using Handler = void (*)(IoCompletion* completion);
+  Handler handler = nullptr;
+  void* owner = nullptr;
+  int32_t result = 0;    // the CQE's res: bytes or -errno
+  uint32_t flags = 0;    // the CQE's flags
+  IoCompletion* next_ready = nullptr;
+};
+
+// Counters a ring keeps; written by the ring's thread only, read by anyone.
+struct RingCounters {
+  std::atomic<uint64_t> enters{0};
+  std::atomic<uint64_t> sqes{0};
+  std::atomic<uint64_t> cqes{0};
+};
+
+class Ring {
+ public:
+  static absl::StatusOr<std::unique_ptr<Ring>> Create(unsigned entries);
+  ~Ring();
+
+  // An SQE whose user_data is `completion`. Submits queued SQEs first when the submission
+  // queue is full, so it never fails while the kernel accepts submissions.
+  io_uring_sqe* Prepare(IoCompletion* completion);
+
+  // Submits everything queued and waits for at least one completion, or until `timeout_ns`
+  // (relative; negative = no limit) passes. One io_uring_enter.
+  void SubmitAndWait(int64_t timeout_ns);
+  // Submits without waiting (used before blocking elsewhere).
+  void Submit();
+  // Drains the completion queue, then runs each handler. Returns how many ran.
+  unsigned Reap();
+
+  unsigned pending_sqes() const { return queued_; }
+  const RingCounters& counters() const { return counters_; }
+  // Describes the set-up the probe chose, e.g. "SINGLE_ISSUER|DEFER_TASKRUN|COOP_TASKRUN".
+  const std::string& setup_description() const { return setup_description_; }
+
+ private:
+  Ring() = default;
+  void AccountSubmission();
+  io_uring ring_{};
+  bool initialised_ = false;
+  unsigned queued_ = 0;
+  RingCounters counters_;
+  std::string setup_description_;
+};
+
+// Turns a negative errno from io_uring_queue_init into an explanation (exposed for tests).
+absl::Status DescribeRingSetupFailure(int error_number);
+
+}  // namespace nbdring
+
+#endif  // NBDRING_RUNTIME_RING_H_

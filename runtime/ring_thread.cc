@@ -1,0 +1,212 @@
+#include "runtime/ring_thread.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+
+#include "absl/strings/str_cat.h"
+
+namespace nbdring {
+namespace {
+
+int64_t MonotonicNanoseconds() {
+  timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return int64_t{now.tv_sec} * 1000000000 + now.tv_nsec;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<RingThread>> RingThread::Start(
+    const nbd::ExportInfo& info, std::vector<PendingConnection> connections,
+    int64_t timeout_check_ns) {
+  std::unique_ptr<RingThread> ring_thread(new RingThread());
+  ring_thread->timeout_check_ns_ = timeout_check_ns;
+  int fd = eventfd(0, EFD_CLOEXEC);
+  if (fd < 0) return absl::InternalError(absl::StrCat("eventfd: ", std::strerror(errno)));
+  ring_thread->wakeup_fd_ = FileDescriptor(fd);
+  std::atomic<int> started{0};
+  absl::Status start_status;
+  RingThread* self = ring_thread.get();
+  ring_thread->thread_ = std::thread([self, &info, &connections, &started, &start_status] {
+    self->Run(&info, &connections, &started, &start_status);
+  });
+  started.wait(0, std::memory_order_acquire);
+  if (!start_status.ok()) {
+    ring_thread->thread_.join();
+    return start_status;
+  }
+  return ring_thread;
+}
+
+void RingThread::Run(const nbd::ExportInfo* info, std::vector<PendingConnection>* pending,
+                     std::atomic<int>* started, absl::Status* start_status) {
+  thread_id_ = std::this_thread::get_id();
+  // SINGLE_ISSUER/DEFER_TASKRUN rings belong to the thread that creates them.
+  unsigned entries = 16;
+  while (entries < 4 * pending->size() + 8) entries *= 2;
+  auto ring = Ring::Create(entries);
+  if (!ring.ok()) {
+    *start_status = ring.status();
+    started->store(1, std::memory_order_release);
+    started->notify_one();
+    return;
+  }
+  ring_ = *std::move(ring);
+  for (PendingConnection& connection : *pending) {
+    connections_.push_back(std::make_unique<Connection>(ring_.get(), std::move(connection.fd),
+                                                        *info, std::move(connection.options)));
+    connections_.back()->Start();
+  }
+  wakeup_completion_.handler = &RingThread::OnWakeup;
+  wakeup_completion_.owner = this;
+  ArmWakeup();
+  started->store(1, std::memory_order_release);
+  started->notify_one();
+  Loop();
+}
+
+RingThread::~RingThread() {
+  RequestClose();
+  Join();
+  // Every connection is closed by now and the wakeup read is the only SQE left; the ring's
+  // teardown cancels it while this object (and wakeup_value_) still exists.
+  connections_.clear();
+  ring_.reset();
+}
+
+void RingThread::Join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+bool RingThread::on_this_thread() const { return std::this_thread::get_id() == thread_id_; }
+
+void RingThread::Submit(Operation* operation) {
+  if (on_this_thread()) {
+    Dispatch(operation);
+    return;
+  }
+  if (inbox_.Push(operation)) {
+    wakeups_.fetch_add(1, std::memory_order_relaxed);
+    uint64_t one = 1;
+    // A failed write can only mean the counter is saturated, which already wakes the ring.
+    [[maybe_unused]] ssize_t written = write(wakeup_fd_.get(), &one, sizeof(one));
+  }
+}
+
+void RingThread::RequestClose() {
+  if (close_requested_.exchange(true)) return;
+  uint64_t one = 1;
+  [[maybe_unused]] ssize_t written = write(wakeup_fd_.get(), &one, sizeof(one));
+}
+
+void RingThread::ArmWakeup() {
+  io_uring_sqe* sqe = ring_->Prepare(&wakeup_completion_);
+  io_uring_prep_read(sqe, wakeup_fd_.get(), &wakeup_value_, sizeof(wakeup_value_), 0);
+}
+
+void RingThread::OnWakeup(IoCompletion* completion) {
+  auto* self = static_cast<RingThread*>(completion->owner);
+  self->ArmWakeup();  // the inbox itself is drained at the top of every turn
+}
+
+void RingThread::Dispatch(Operation* operation) {
+  if (!operation->first_error_.ok()) {
+    // Refused by validation: completed on the next turn, never inside Submit.
+    local_failures_.PushBack(operation);
+    return;
+  }
+  if (closing_) {
+    operation->first_error_ = absl::UnavailableError("the client is closed");
+    local_failures_.PushBack(operation);
+    return;
+  }
+  Connection* best = nullptr;
+  for (const std::unique_ptr<Connection>& connection : connections_) {
+    if (!connection->usable()) continue;
+    if (best == nullptr || connection->outstanding_bytes() < best->outstanding_bytes()) {
+      best = connection.get();
+    }
+  }
+  if (best == nullptr) {
+    absl::Status last = connections_.empty() ? absl::UnavailableError("no connection")
+                                             : connections_.front()->failure();
+    operation->first_error_ = absl::UnavailableError(
+        absl::StrCat("no open connection to the server (", last.message(), ")"));
+    local_failures_.PushBack(operation);
+    return;
+  }
+  best->Enqueue(operation);
+}
+
+bool RingThread::AllClosed() const {
+  for (const std::unique_ptr<Connection>& connection : connections_) {
+    if (connection->state() != Connection::State::kClosed) return false;
+  }
+  return true;
+}
+
+void RingThread::Loop() {
+  int64_t next_timeout_check = 0;
+  while (true) {
+    OperationQueue arrived = inbox_.TakeAll();
+    while (Operation* operation = arrived.PopFront()) Dispatch(operation);
+    while (Operation* operation = local_failures_.PopFront()) {
+      operation->fully_staged_ = true;
+      operation->parts_outstanding_ = 1;
+      absl::Status status = operation->first_error_;
+      CompleteOperationPart(operation, status, nullptr);  // its callback may dispatch more
+    }
+    if (!closing_ && close_requested_.load(std::memory_order_acquire)) closing_ = true;
+    if (closing_) {
+      bool idle = inbox_.empty() && local_failures_.empty();
+      for (const std::unique_ptr<Connection>& connection : connections_) {
+        idle = idle && (connection->idle() || connection->state() != Connection::State::kOpen);
+      }
+      if (idle) {
+        for (const std::unique_ptr<Connection>& connection : connections_) connection->Disconnect();
+      }
+      if (AllClosed() && inbox_.empty() && local_failures_.empty()) break;
+    }
+    for (const std::unique_ptr<Connection>& connection : connections_) connection->Flush();
+    if (!local_failures_.empty()) continue;
+
+    int64_t wait_ns = -1;
+    if (timeout_check_ns_ > 0) {
+      int64_t now = MonotonicNanoseconds();
+      if (now >= next_timeout_check) {
+        for (const std::unique_ptr<Connection>& connection : connections_) {
+          connection->CheckTimeouts(now);
+        }
+        next_timeout_check = now + timeout_check_ns_;
+      }
+      wait_ns = next_timeout_check - now;
+    }
+    ring_->SubmitAndWait(wait_ns);
+    ring_->Reap();
+  }
+}
+
+void RingThread::AddStats(ClientStats* stats) const {
+  stats->wakeups += wakeups_.load(std::memory_order_relaxed);
+  if (ring_ != nullptr) {
+    const RingCounters& counters = ring_->counters();
+    stats->enters += counters.enters.load(std::memory_order_relaxed);
+    stats->sqes += counters.sqes.load(std::memory_order_relaxed);
+    stats->cqes += counters.cqes.load(std::memory_order_relaxed);
+  }
+  for (const std::unique_ptr<Connection>& connection : connections_) {
+    const ConnectionCounters& counters = connection->counters();
+    stats->requests += counters.requests.load(std::memory_order_relaxed);
+    stats->wire_requests += counters.wire_requests.load(std::memory_order_relaxed);
+    stats->bytes_read += counters.bytes_read.load(std::memory_order_relaxed);
+    stats->bytes_written += counters.bytes_written.load(std::memory_order_relaxed);
+    stats->errors += counters.errors.load(std::memory_order_relaxed);
+    stats->queue_full_waits += counters.queue_full_waits.load(std::memory_order_relaxed);
+  }
+}
+
+}  // namespace nbdring

@@ -1,0 +1,82 @@
+// runtime/ring_thread.h — a thread that owns one Ring and the Connections it drives.
+//
+// The loop, once per turn:
+//   1. take every Operation other threads pushed into the inbox and dispatch it to the usable
+//      connection with the fewest outstanding bytes;
+//   2. let every connection stage what waits and start its send (one sendmsg per connection);
+//   3. one io_uring_enter: submit all SQEs and wait for at least one completion (bounded by
+//      the request-timeout check interval when timeouts are on);
+//   4. drain the completion queue, then run the handlers (replies are parsed, callbacks run;
+//      callbacks that submit go straight to step 1's dispatch, no queue, no wakeup).
+// Other threads reach the loop only through Submit(): a lock-free push and, when the inbox was
+// empty, one eventfd write, whose completion (a read armed on the eventfd) wakes the loop.
+#ifndef NBDRING_RUNTIME_RING_THREAD_H_
+#define NBDRING_RUNTIME_RING_THREAD_H_
+
+#include <atomic>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "nbdring/client.h"
+#include "runtime/connection.h"
+#include "runtime/operation_queue.h"
+#include "runtime/ring.h"
+#include "runtime/socket.h"
+
+namespace nbdring {
+
+struct PendingConnection {
+  FileDescriptor fd;
+  ConnectionOptions options;
+};
+
+class RingThread {
+ public:
+  // Starts the thread, which sets up its ring (the probe) and connections; returns once the
+  // ring is running or with the probe's error.
+  static absl::StatusOr<std::unique_ptr<RingThread>> Start(
+      const nbd::ExportInfo& info, std::vector<PendingConnection> connections,
+      int64_t timeout_check_ns);
+  ~RingThread();  // joins (Close must have been requested)
+
+  // Any thread. From this ring's own thread the operation is dispatched at once.
+  void Submit(Operation* operation);
+  // Asks the loop to drain, disconnect every connection and exit; does not wait.
+  void RequestClose();
+  void Join();
+
+  bool on_this_thread() const;
+  int connections() const { return static_cast<int>(connections_.size()); }
+  void AddStats(ClientStats* stats) const;
+
+ private:
+  RingThread() = default;
+  void Run(const nbd::ExportInfo* info, std::vector<PendingConnection>* pending,
+           std::atomic<int>* started, absl::Status* start_status);
+  void Loop();
+  void Dispatch(Operation* operation);
+  void ArmWakeup();
+  static void OnWakeup(IoCompletion* completion);
+  bool AllClosed() const;
+
+  std::unique_ptr<Ring> ring_;
+  std::vector<std::unique_ptr<Connection>> connections_;
+  SubmissionInbox inbox_;
+  OperationQueue local_failures_;  // refused on this thread; completed next turn, not inline
+  FileDescriptor wakeup_fd_;
+  uint64_t wakeup_value_ = 0;
+  IoCompletion wakeup_completion_;
+  std::atomic<bool> close_requested_{false};
+  bool closing_ = false;
+  int64_t timeout_check_ns_ = 0;
+  std::atomic<uint64_t> wakeups_{0};
+  std::thread thread_;
+  std::thread::id thread_id_;
+};
+
+}  // namespace nbdring
+
+#endif  // NBDRING_RUNTIME_RING_THREAD_H_

@@ -1,0 +1,45 @@
+// runtime/socket.h — opening a connection and negotiating on it, before the ring takes over.
+//
+// Connect and handshake use plain non-blocking sockets and poll() against one deadline: they
+// run once per connection on the caller's thread, off the hot path, and a server that stops
+// answering mid-handshake gets a DeadlineExceeded error naming the stage, not a hang.
+#ifndef NBDRING_RUNTIME_SOCKET_H_
+#define NBDRING_RUNTIME_SOCKET_H_
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "nbd/handshake.h"
+#include "nbd/uri.h"
+
+namespace nbdring {
+
+// Owns a file descriptor; closes it on destruction.
+class FileDescriptor {
+ public:
+  FileDescriptor() = default;
+  explicit FileDescriptor(int fd) : fd_(fd) {}
+  FileDescriptor(FileDescriptor&& other) noexcept : fd_(other.release()) {}
+  FileDescriptor& operator=(FileDescriptor&& other) noexcept;
+  ~FileDescriptor();
+  int get() const { return fd_; }
+  int release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// Connects to `address` (TCP with TCP_NODELAY, Unix, or vsock). Errors name the address.
+absl::StatusOr<FileDescriptor> ConnectTo(const nbd::NbdUri& address, absl::Time deadline);
+
+// Drives `handshake` over `fd` until it is done (sending any final output such as
+// NBD_OPT_ABORT). Reads only as many bytes as the handshake asks for, so nothing of the
+// transmission phase is consumed.
+absl::Status RunHandshake(int fd, nbd::Handshake& handshake, absl::Time deadline);
+
+}  // namespace nbdring
+
+#endif  // NBDRING_RUNTIME_SOCKET_H_
