@@ -195,7 +195,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
                                          1000000);
   }
   for (int t = 0; t < threads; ++t) {
-    auto ring = RingThread::Start(info, std::move(per_thread[t]), timeout_check_ns);
+    auto ring = RingThread::Start(info, std::move(per_thread[t]), timeout_check_ns,
+                                  absl::ToInt64Nanoseconds(options.completion_batch_delay),
+                                  options.completion_batch_min_in_flight);
     if (!ring.ok()) return ring.status();
     impl.rings.push_back(*std::move(ring));
   }

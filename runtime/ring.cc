@@ -108,15 +108,15 @@ void Ring::Submit() {
   AccountSubmission();
 }
 
-void Ring::SubmitAndWait(int64_t timeout_ns) {
+void Ring::SubmitAndWait(unsigned wait_count, int64_t timeout_ns) {
   io_uring_cqe* cqe = nullptr;
   if (timeout_ns >= 0) {
     __kernel_timespec timeout{};
     timeout.tv_sec = timeout_ns / 1000000000;
     timeout.tv_nsec = timeout_ns % 1000000000;
-    io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &timeout, nullptr);
+    io_uring_submit_and_wait_timeout(&ring_, &cqe, wait_count, &timeout, nullptr);
   } else {
-    io_uring_submit_and_wait(&ring_, 1);
+    io_uring_submit_and_wait(&ring_, wait_count);
   }
   AccountSubmission();
 }

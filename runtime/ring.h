@@ -50,9 +50,9 @@ class Ring {
   // queue is full, so it never fails while the kernel accepts submissions.
   io_uring_sqe* Prepare(IoCompletion* completion);
 
-  // Submits everything queued and waits for at least one completion, or until `timeout_ns`
-  // (relative; negative = no limit) passes. One io_uring_enter.
-  void SubmitAndWait(int64_t timeout_ns);
+  // Submits everything queued and waits until `wait_count` completions are there or
+  // `timeout_ns` (relative; negative = no limit) passes. One io_uring_enter.
+  void SubmitAndWait(unsigned wait_count, int64_t timeout_ns);
   // Submits without waiting (used before blocking elsewhere).
   void Submit();
   // Drains the completion queue, then runs each handler. Returns how many ran.

@@ -39,7 +39,7 @@ class RingThread {
   // ring is running or with the probe's error.
   static absl::StatusOr<std::unique_ptr<RingThread>> Start(
       const nbd::ExportInfo& info, std::vector<PendingConnection> connections,
-      int64_t timeout_check_ns);
+      int64_t timeout_check_ns, int64_t batch_delay_ns, uint32_t batch_min_in_flight);
   ~RingThread();  // joins (Close must have been requested)
 
   // Any thread. From this ring's own thread the operation is dispatched at once.
@@ -72,6 +72,8 @@ class RingThread {
   std::atomic<bool> close_requested_{false};
   bool closing_ = false;
   int64_t timeout_check_ns_ = 0;
+  int64_t batch_delay_ns_ = 0;
+  uint32_t batch_min_in_flight_ = 0;
   std::atomic<uint64_t> wakeups_{0};
   std::thread thread_;
   std::thread::id thread_id_;

@@ -85,6 +85,11 @@ struct ClientOptions {
   // lets one receive carry many replies.
   uint32_t receive_buffer_bytes = 256 * 1024;
   uint32_t direct_receive_bytes = 16 * 1024;
+  // Completion batching: while a ring has at least `completion_batch_min_in_flight` requests
+  // in flight, it waits up to `completion_batch_delay` for more replies before waking, so one
+  // wakeup handles many replies. Zero delay turns it off (lowest latency, most wakeups).
+  absl::Duration completion_batch_delay = absl::Microseconds(50);
+  uint32_t completion_batch_min_in_flight = 8;
 };
 
 // A request owned by the caller. Fill in the public fields, then Client::Submit(). The object
