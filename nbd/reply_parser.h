@@ -19,6 +19,8 @@
 // the request, overlapping chunks, a read not fully covered, an unknown meta context id, ...)
 // fail only the affected request: its kDone event carries the error, and bytes that would have
 // gone to the caller's buffer are skipped instead. Every message names the rule and the values.
+// Protocol violations (fatal or not) are absl::DataLossError; errors the server itself reports
+// (simple reply error, error chunks) come from nbd::NbdErrorToStatus.
 #ifndef NBDRING_NBD_REPLY_PARSER_H_
 #define NBDRING_NBD_REPLY_PARSER_H_
 
@@ -139,32 +141,61 @@ class ReplyParser {
 
  private:
   // Private members may be reshaped freely by the implementation.
+  enum class State : uint8_t {
+    kHeader,       // collecting a reply/chunk header into header_
+    kChunkPrefix,  // collecting a small fixed chunk payload part into prefix_
+    kPayload,      // read payload bytes going to the caller's buffer
+    kSkip,         // payload bytes to discard
+    kBuffered,     // collecting a whole chunk payload into buffer_ (error, block status)
+    kEmitDone,     // a kDone event is ready to be reported
+  };
+  // A BLOCK_STATUS chunk already seen for (cookie, context id): each context may answer once.
+  struct SeenContext {
+    uint64_t cookie;
+    uint32_t context_id;
+  };
+
+  absl::Status Fatal(absl::Status status);
+  absl::Status CheckMagic();
+  absl::Status StartMessage();
+  absl::Status StartSimpleReply(uint32_t error, uint64_t cookie);
+  absl::Status StartChunk(uint16_t flags, uint16_t type, uint64_t cookie, bool has_offset,
+                          uint64_t reply_offset, uint64_t length);
+  absl::Status FinishPrefix(ReplyEvent* event);
+  absl::Status FinishBuffered(ReplyEvent* event);
+  absl::Status FinishErrorChunk();
+  absl::Status FinishBlockStatus(ReplyEvent* event);
+  bool AcceptBlockStatus(uint32_t context_id);
+  bool AcceptContent(const char* chunk_name, uint64_t offset, uint64_t size,
+                     uint64_t* buffer_offset);
+  void FailRequest(absl::Status status);
+  void SkipRestOfChunk(uint64_t bytes);
+  void FinishChunk();
+  void EmitDone(ReplyEvent* event);
+
   ReplyParserOptions options_;
   RequestLookup* lookup_;
+  absl::Status fatal_;  // once set, every Next() returns it
 
-  enum class State : uint8_t {
-    kHeader,          // collecting a reply/chunk header into header_
-    kChunkPrefix,     // collecting the fixed prefix of a chunk payload (e.g. OFFSET_DATA offset)
-    kPayload,         // read payload bytes going to the caller's buffer
-    kSkip,            // payload bytes to discard
-    kBuffered,        // collecting a whole chunk payload into buffer_ (error, block status)
-    kEmitDone,        // a kDone event is ready to be reported
-  };
   State state_ = State::kHeader;
   uint8_t header_[kExtendedReplyHeaderSize] = {};
-  size_t header_size_ = 0;     // bytes of header_ collected
-  size_t header_needed_ = 4;   // bytes of header_ needed before the next decision
-  // The chunk being parsed.
+  size_t header_size_ = 0;    // bytes of header_ collected
+  size_t header_needed_ = 4;  // bytes of header_ needed before the next decision
+  uint8_t prefix_[12] = {};   // OFFSET_DATA offset, OFFSET_HOLE payload, error-chunk prefix
+  size_t prefix_size_ = 0;
+  size_t prefix_needed_ = 0;
+  // The message (simple reply or chunk) being parsed.
   uint64_t cookie_ = 0;
   InflightRequest* request_ = nullptr;
-  uint16_t chunk_flags_ = 0;
   uint16_t chunk_type_ = 0;
   uint64_t chunk_length_ = 0;
-  uint64_t chunk_remaining_ = 0;
-  uint64_t payload_offset_ = 0;  // kPayload: current buffer offset
+  uint64_t chunk_remaining_ = 0;  // payload bytes of the chunk not yet consumed
+  uint64_t payload_offset_ = 0;   // kPayload: current buffer offset
   bool done_after_chunk_ = false;
-  std::vector<uint8_t> buffer_;  // kBuffered/kChunkPrefix, capacity reused
-  std::vector<Extent> extents_;  // decoded extents, capacity reused
+  bool structured_reply_ = false;  // the request was answered with chunks, not a simple reply
+  std::vector<uint8_t> buffer_;    // kBuffered, capacity reused
+  std::vector<Extent> extents_;    // decoded extents, capacity reused
+  absl::InlinedVector<SeenContext, 4> block_status_seen_;
 };
 
 }  // namespace nbd
