@@ -87,12 +87,57 @@ class Handshake {
   bool tls_active() const { return tls_active_; }
 
  private:
-  // Private members may be reshaped freely by the implementation.
+  // What the next complete unit of server bytes is.
+  enum class Expect {
+    kGreeting,             // INIT_PASSWD and the second magic (16 bytes)
+    kOldstyleRest,         // size, flags, 124 zero bytes
+    kHandshakeFlags,       // 16 bits
+    kOptionReplyHeader,    // magic, option, reply type, length (20 bytes)
+    kOptionReplyPayload,   // the header's length
+    kExportNameReply,      // size, transmission flags [, 124 zero bytes]
+  };
+
+  absl::Status ProcessUnit(absl::Span<const uint8_t> unit);
+  absl::Status OnGreeting(absl::Span<const uint8_t> unit);
+  absl::Status OnOldstyleGreeting(absl::Span<const uint8_t> unit);
+  absl::Status OnHandshakeFlags(absl::Span<const uint8_t> unit);
+  absl::Status OnOptionReplyHeader(absl::Span<const uint8_t> unit);
+  absl::Status OnOptionReply(uint32_t reply, absl::Span<const uint8_t> payload);
+  absl::Status OnErrorReply(uint32_t reply, absl::Span<const uint8_t> payload);
+  absl::Status OnExportInfoReply(uint32_t reply, absl::Span<const uint8_t> payload);
+  absl::Status OnInfo(absl::Span<const uint8_t> payload);
+  absl::Status OnExportNameReply(absl::Span<const uint8_t> unit);
+  absl::Status SendNextOption();
+  void SendOption(Option option, absl::Span<const uint8_t> data);
+  void SendExportName();
+  void ExpectBytes(Expect what, size_t size);
+  void AwaitNextReply();
+  void Finish(bool send_abort);
+  absl::Status Fail(absl::Status status);
+
   HandshakeOptions options_;
   ExportInfo info_;
   std::vector<ExportListing> exports_;
   std::vector<std::string> listed_contexts_;
   bool tls_active_ = false;
+
+  State state_ = State::kRunning;
+  absl::Status failure_;  // why the machine is kFailed (or will be at the first Feed)
+  std::vector<uint8_t> output_;
+  size_t output_sent_ = 0;
+  Expect expect_ = Expect::kGreeting;
+  size_t unit_size_ = 0;        // bytes in the unit being collected
+  std::vector<uint8_t> unit_;   // the part of it received so far
+  bool no_zeroes_ = false;  // the server offered NBD_FLAG_NO_ZEROES (and the client took it)
+  Option pending_option_ = Option::kAbort;
+  uint32_t pending_reply_ = 0;  // reply type whose payload is being collected
+  uint32_t replies_to_pending_option_ = 0;
+  bool starttls_sent_ = false;
+  bool extended_headers_sent_ = false;
+  bool structured_reply_sent_ = false;
+  bool set_meta_context_sent_ = false;
+  bool export_info_received_ = false;
+  std::vector<MetaContext> offered_contexts_;  // NBD_REP_META_CONTEXT before the ACK
 };
 
 }  // namespace nbd
