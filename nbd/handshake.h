@@ -76,7 +76,8 @@ class Handshake {
   // layer may read exactly this much so it never reads past the end of the handshake.
   size_t bytes_wanted() const;
   // Consumes server bytes and returns how many were used (all of them while running; fewer
-  // only once the handshake completes: the rest belong to the transmission phase).
+  // once the handshake completes, whose rest belongs to the transmission phase, or on
+  // reaching kStartTls, whose rest belongs to the TLS handshake).
   absl::StatusOr<size_t> Feed(absl::Span<const uint8_t> input);
   void TlsEstablished();
 

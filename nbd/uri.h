@@ -1,13 +1,28 @@
-// nbd/uri.h — NBD URIs (NetworkBlockDevice/nbd doc/uri.md).
+// nbd/uri.h — NBD URIs (NetworkBlockDevice/nbd doc/uri.md, on top of RFC 3986).
 //
-//   nbd://[host[:port]][/export]          TCP, default port 10809 (host may be an [IPv6] literal)
-//   nbds://...                            the same with TLS required
-//   nbd+unix:///[export]?socket=PATH      Unix domain socket (nbds+unix: with TLS)
-//   nbd+vsock://CID[:port][/export]       AF_VSOCK
-//   query keys: socket=, tls-certificates=, tls-verify-peer=, tls-psk-file=, tls-hostname=,
-//               tls-username=
-// The export name is the path without its leading '/', percent-decoded. Anything else is an
-// error naming the part of the URI that was wrong.
+//   nbd://[user@][host][:port][/export]        TCP, default port 10809; host defaults to
+//                                              localhost; IPv6 as [::1] or [fe80::1%25eth0]
+//   nbds://...                                 the same with TLS required
+//   nbd+unix://[user@]/[export]?socket=PATH    Unix domain socket (nbds+unix: TLS required);
+//                                              no host or port; PATH may start with %00
+//                                              (Linux abstract namespace)
+//   nbd+vsock://[CID][:port][/export]          AF_VSOCK (nbds+vsock: TLS required); libnbd's
+//                                              extension, not in doc/uri.md; CID defaults to 2
+//                                              (the hypervisor)
+//
+// Schemes are case-insensitive; "nbd+tcp" and the like are not NBD schemes. The export name is
+// the path without its leading '/', percent-decoded ("nbd://h//disk" names "/disk").
+// Query parameters are separated by '&' only; '+' is not a space. Understood keys: socket
+// (required for +unix, rejected otherwise), and tls-type (anon|x509|psk), tls-hostname,
+// tls-verify-peer (0|1), tls-certificates, tls-psk-file, tls-username. The tls-* keys are
+// accepted with every scheme because nbd:// and nbd+unix:// may negotiate TLS
+// opportunistically. Every other key is an error, as doc/uri.md asks ("SHOULD be diagnosed"),
+// and so is a repeated key. The userinfo of the authority is the TLS user name and is stored
+// as tls_options["tls-username"]; a password in it is an error.
+//
+// Anything that is not a valid URI (characters that must be percent-encoded, bad escapes,
+// NUL anywhere but the start of socket=, a fragment, a missing "//") is an InvalidArgument
+// error naming the part of the URI that was wrong and quoting it.
 #ifndef NBDRING_NBD_URI_H_
 #define NBDRING_NBD_URI_H_
 
@@ -23,16 +38,19 @@ namespace nbd {
 struct NbdUri {
   enum class Transport { kTcp, kUnix, kVsock };
   Transport transport = Transport::kTcp;
-  bool tls = false;             // nbds / nbds+unix
-  std::string host;             // kTcp: name or IP literal (IPv6 without brackets)
+  bool tls = false;             // nbds, nbds+unix, nbds+vsock
+  std::string host;             // kTcp: name or IP literal (IPv6 without brackets, zone after '%')
   uint16_t port = 10809;        // kTcp
   uint32_t vsock_cid = 0;       // kVsock
   uint32_t vsock_port = 10809;  // kVsock
   std::string socket_path;      // kUnix
   std::string export_name;      // percent-decoded
-  std::map<std::string, std::string> tls_options;  // tls-* query keys, decoded
+  // tls-* query keys, and the authority's userinfo as "tls-username"; values decoded.
+  std::map<std::string, std::string> tls_options;
 
-  // A canonical URI string for messages and logs.
+  // A canonical URI string for messages and logs: lower-case scheme, default ports omitted,
+  // tls-username as userinfo, socket= first, then tls-* keys sorted. ParseNbdUri of the result
+  // gives back an equal NbdUri.
   std::string ToString() const;
 };
 
