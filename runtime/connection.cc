@@ -154,6 +154,11 @@ void Connection::StageBatch() {
     nbd::RequestHeader header;
     header.command = operation->command;
     header.flags = operation->flags;
+    if (extended_headers_ && operation->command == nbd::Command::kWrite) {
+      // With extended headers the length field is an effect length unless this flag says
+      // it is the payload's length.
+      header.flags |= nbd::kCmdFlagPayloadLen;
+    }
     header.cookie = cookie;
     header.offset = slot->offset;
     header.length = part_length;
