@@ -344,8 +344,18 @@ absl::Status Client::Validate(const Operation& operation) const {
   return absl::OkStatus();
 }
 
+void Client::Cancel(Operation* operation) {
+  uint64_t submission =
+      std::atomic_ref<uint64_t>(operation->submission_).load(std::memory_order_acquire);
+  if (impl_->closed.load(std::memory_order_acquire)) return;
+  // Rings are few (default one): asking each is simpler than tracking where it went.
+  for (const std::unique_ptr<RingThread>& ring : impl_->rings) ring->Cancel(operation, submission);
+}
+
 void Client::Submit(Operation* operation) {
+  std::atomic_ref<uint64_t>(operation->submission_).fetch_add(1, std::memory_order_acq_rel);
   operation->next_ = nullptr;
+  operation->cancelled_ = false;
   operation->staged_bytes_ = 0;
   operation->parts_outstanding_ = 0;
   operation->fully_staged_ = false;

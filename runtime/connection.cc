@@ -36,6 +36,7 @@ void CompleteOperationPart(Operation* operation, const absl::Status& status,
   operation->staged_bytes_ = 0;
   operation->fully_staged_ = false;
   operation->waited_for_slot_ = false;
+  operation->cancelled_ = false;
   operation->next_ = nullptr;
   if (counters != nullptr) {
     Increment(counters->requests);
@@ -180,6 +181,7 @@ void Connection::StageBatch() {
     Increment(counters_.wire_requests);
     outstanding_bytes_ += part_length + nbd::kCompactRequestSize;
     ++operation->parts_outstanding_;
+    operation->last_batch_ = batch_;
     operation->staged_bytes_ += part_length;
     if (operation->staged_bytes_ >= operation->length) {
       operation->fully_staged_ = true;
@@ -242,21 +244,25 @@ void Connection::OnSend(IoCompletion* completion) {
     return;
   }
   if (self->deferred_slots_ > 0) self->CompleteDeferredSlots();
+  if (!self->cancelled_.empty()) self->CompleteCancelled();
 }
 
 void Connection::ArmReceive() {
   nbd::ReplyParser::PayloadTarget target;
   io_uring_sqe* sqe = ring_->Prepare(&receive_completion_);
-  if (parser_.payload_target(&target) && target.remaining >= options_.direct_receive_bytes) {
+  if (parser_.payload_target(&target) && target.remaining >= options_.direct_receive_bytes &&
+      static_cast<Slot*>(target.request)->operation != nullptr) {
     auto* slot = static_cast<Slot*>(target.request);
     uint8_t* destination = static_cast<uint8_t*>(slot->operation->buffer) + slot->part_offset +
                            target.buffer_offset;
     size_t length = static_cast<size_t>(std::min(target.remaining, kMaxDirectReceive));
     io_uring_prep_recv(sqe, fd_.get(), destination, length, MSG_WAITALL);
     receive_direct_ = true;
+    receive_direct_operation_ = slot->operation;
   } else {
     io_uring_prep_recv(sqe, fd_.get(), receive_buffer_.get(), options_.receive_buffer_bytes, 0);
     receive_direct_ = false;
+    receive_direct_operation_ = nullptr;
   }
   ++kernel_operations_;
 }
@@ -297,6 +303,7 @@ void Connection::OnReceive(IoCompletion* completion) {
     self->ProcessInput(absl::MakeConstSpan(self->receive_buffer_.get(), static_cast<size_t>(result)));
   }
   if (self->state_ == State::kOpen || self->state_ == State::kDisconnecting) self->ArmReceive();
+  if (!self->cancelled_.empty()) self->CompleteCancelled();
 }
 
 void Connection::ProcessInput(absl::Span<const uint8_t> input) {
@@ -315,6 +322,9 @@ void Connection::ProcessInput(absl::Span<const uint8_t> input) {
     }
     auto* slot = static_cast<Slot*>(event.request);
     Operation* operation = slot->operation;
+    if (operation == nullptr && event.kind != nbd::ReplyEvent::Kind::kDone) {
+      continue;  // a cancelled request's reply: parsed for framing, then dropped
+    }
     switch (event.kind) {
       case nbd::ReplyEvent::Kind::kReadData:
         std::memcpy(static_cast<uint8_t*>(operation->buffer) + slot->part_offset +
@@ -370,7 +380,50 @@ void Connection::CompleteSlot(uint64_t cookie, Slot* slot, const absl::Status& s
   slot->operation = nullptr;
   slot->reply_done = false;
   table_.Release(cookie);
-  CompleteOperationPart(operation, status, &counters_);
+  if (operation != nullptr) CompleteOperationPart(operation, status, &counters_);
+}
+
+bool Connection::Cancel(Operation* operation, uint64_t submission) {
+  // Find it by address first; only an Operation this connection holds may be dereferenced.
+  bool held = false;
+  for (Operation* queued = pending_.front(); queued != nullptr && !held; queued = queued->next_) {
+    held = queued == operation;
+  }
+  table_.ForEachInUse([&](uint64_t, Slot& slot) { held = held || slot.operation == operation; });
+  if (!held) return false;
+  if (std::atomic_ref<uint64_t>(operation->submission_).load(std::memory_order_acquire) !=
+      submission) {
+    return true;  // completed and resubmitted since: the cancel was for an older submission
+  }
+  pending_.Remove(operation);
+  table_.ForEachInUse([&](uint64_t, Slot& slot) {
+    if (slot.operation == operation) slot.operation = nullptr;
+  });
+  operation->cancelled_ = true;
+  operation->fully_staged_ = true;
+  operation->parts_outstanding_ = 0;
+  cancelled_.PushBack(operation);
+  CompleteCancelled();
+  return true;
+}
+
+void Connection::CompleteCancelled() {
+  OperationQueue waiting;
+  while (Operation* operation = cancelled_.PopFront()) {
+    bool in_send = send_in_flight_ && operation->last_batch_ > sent_batch_;
+    bool in_receive = receive_direct_ && receive_direct_operation_ == operation;
+    if ((in_send || in_receive) && state_ != State::kClosed) {
+      waiting.PushBack(operation);
+      continue;
+    }
+    absl::Status status = absl::CancelledError(absl::StrCat(
+        nbd::CommandName(operation->command), " at offset ", operation->offset, " length ",
+        operation->length, " was cancelled"));
+    operation->cancelled_ = false;
+    operation->parts_outstanding_ = 1;
+    CompleteOperationPart(operation, status, &counters_);
+  }
+  cancelled_.Append(waiting);
 }
 
 void Connection::CheckTimeouts(int64_t now_ns) {
@@ -427,6 +480,7 @@ void Connection::MaybeFinishDying() {
     CompleteSlot(cookie, &slot, status);
   });
   state_ = State::kClosed;
+  CompleteCancelled();
   fd_ = FileDescriptor();
 }
 

@@ -89,6 +89,10 @@ class Connection : private nbd::RequestLookup {
   // Fails the connection if a request has been in flight longer than the request timeout.
   void CheckTimeouts(int64_t now_ns);
   void Fail(absl::Status status);
+  // Cancels `operation` if it is queued or in flight here and still on submission
+  // `submission`; returns false when this connection does not have it. Never dereferences
+  // an Operation it does not hold (it may have completed and been freed).
+  bool Cancel(Operation* operation, uint64_t submission);
   // Orderly end once idle: NBD_CMD_DISC, then close.
   void Disconnect();
 
@@ -102,7 +106,7 @@ class Connection : private nbd::RequestLookup {
 
  private:
   struct Slot : nbd::InflightRequest {
-    Operation* operation = nullptr;
+    Operation* operation = nullptr;  // nullptr once cancelled: the reply is discarded
     uint64_t part_offset = 0;  // of this part within the Operation
     uint64_t batch = 0;        // send batch that carries the request
     int64_t deadline_ns = 0;
@@ -122,6 +126,7 @@ class Connection : private nbd::RequestLookup {
   void CompleteSlot(uint64_t cookie, Slot* slot, const absl::Status& status);
   void CompleteDeferredSlots();
   void MaybeFinishDying();
+  void CompleteCancelled();
   uint64_t PartLimit(const Operation& operation) const;
 
   Ring* ring_;
@@ -148,11 +153,14 @@ class Connection : private nbd::RequestLookup {
   uint64_t batch_ = 0;       // id of the newest staged batch
   uint64_t sent_batch_ = 0;  // every batch up to this id is completely sent
   uint32_t deferred_slots_ = 0;
+  // Cancelled Operations waiting for the kernel to let go of their buffers.
+  OperationQueue cancelled_;
 
   // Receiving.
   IoCompletion receive_completion_;
   std::unique_ptr<uint8_t[]> receive_buffer_;
   bool receive_direct_ = false;
+  Operation* receive_direct_operation_ = nullptr;  // whose buffer the armed recv fills
   nbd::ReplyParser parser_;
 
   ConnectionCounters counters_;

@@ -37,6 +37,21 @@ class OperationQueue {
     }
     return operation;
   }
+  // Unlinks `operation` if it is queued here; linear, for the rare cancel.
+  bool Remove(Operation* operation) {
+    Operation* previous = nullptr;
+    for (Operation* current = head_; current != nullptr; current = current->next_) {
+      if (current != operation) {
+        previous = current;
+        continue;
+      }
+      (previous == nullptr ? head_ : previous->next_) = current->next_;
+      if (tail_ == current) tail_ = previous;
+      current->next_ = nullptr;
+      return true;
+    }
+    return false;
+  }
   // Moves every operation of `other` to the back of this queue.
   void Append(OperationQueue& other) {
     if (other.head_ == nullptr) return;

@@ -74,6 +74,11 @@ void RingThread::Run(const nbd::ExportInfo* info, std::vector<PendingConnection>
 RingThread::~RingThread() {
   RequestClose();
   Join();
+  for (CancelMessage* message = cancels_.exchange(nullptr); message != nullptr;) {
+    CancelMessage* next = message->next;
+    delete message;
+    message = next;
+  }
   // Every connection is closed by now and the wakeup read is the only SQE left; the ring's
   // teardown cancels it while this object (and wakeup_value_) still exists.
   connections_.clear();
@@ -91,11 +96,40 @@ void RingThread::Submit(Operation* operation) {
     Dispatch(operation);
     return;
   }
-  if (inbox_.Push(operation)) {
-    wakeups_.fetch_add(1, std::memory_order_relaxed);
-    uint64_t one = 1;
-    // A failed write can only mean the counter is saturated, which already wakes the ring.
-    [[maybe_unused]] ssize_t written = write(wakeup_fd_.get(), &one, sizeof(one));
+  if (inbox_.Push(operation)) Wake();
+}
+
+void RingThread::Wake() {
+  wakeups_.fetch_add(1, std::memory_order_relaxed);
+  uint64_t one = 1;
+  // A failed write can only mean the counter is saturated, which already wakes the ring.
+  [[maybe_unused]] ssize_t written = write(wakeup_fd_.get(), &one, sizeof(one));
+}
+
+void RingThread::Cancel(Operation* operation, uint64_t submission) {
+  auto* message = new CancelMessage{operation, submission, nullptr};
+  CancelMessage* head = cancels_.load(std::memory_order_relaxed);
+  do {
+    message->next = head;
+  } while (!cancels_.compare_exchange_weak(head, message, std::memory_order_release,
+                                           std::memory_order_relaxed));
+  // Even on the ring's own thread: the loop handles it next turn, never inside a callback.
+  if (!on_this_thread()) Wake();
+}
+
+void RingThread::ProcessCancels() {
+  CancelMessage* message = cancels_.exchange(nullptr, std::memory_order_acquire);
+  // An Operation submitted before its cancel may have reached the inbox after this turn
+  // took it; dispatch it now so the cancel finds it.
+  OperationQueue arrived = inbox_.TakeAll();
+  while (Operation* operation = arrived.PopFront()) Dispatch(operation);
+  while (message != nullptr) {
+    for (const std::unique_ptr<Connection>& connection : connections_) {
+      if (connection->Cancel(message->operation, message->submission)) break;
+    }
+    CancelMessage* next = message->next;
+    delete message;
+    message = next;
   }
 }
 
@@ -156,6 +190,7 @@ void RingThread::Loop() {
   while (true) {
     OperationQueue arrived = inbox_.TakeAll();
     while (Operation* operation = arrived.PopFront()) Dispatch(operation);
+    if (cancels_.load(std::memory_order_relaxed) != nullptr) ProcessCancels();
     while (Operation* operation = local_failures_.PopFront()) {
       operation->fully_staged_ = true;
       operation->parts_outstanding_ = 1;

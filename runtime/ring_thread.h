@@ -44,6 +44,8 @@ class RingThread {
 
   // Any thread. From this ring's own thread the operation is dispatched at once.
   void Submit(Operation* operation);
+  // Any thread: cancel `operation` if this ring holds it on `submission`. Does not wait.
+  void Cancel(Operation* operation, uint64_t submission);
   // Asks the loop to drain, disconnect every connection and exit; does not wait.
   void RequestClose();
   void Join();
@@ -58,6 +60,8 @@ class RingThread {
            std::atomic<int>* started, absl::Status* start_status);
   void Loop();
   void Dispatch(Operation* operation);
+  void ProcessCancels();
+  void Wake();
   void ArmWakeup();
   static void OnWakeup(IoCompletion* completion);
   bool AllClosed() const;
@@ -65,6 +69,14 @@ class RingThread {
   std::unique_ptr<Ring> ring_;
   std::vector<std::unique_ptr<Connection>> connections_;
   SubmissionInbox inbox_;
+  // Cancel requests from any thread: a Treiber stack taken whole by the loop. Each message is
+  // owned by the ring, so a canceller never waits and never shares memory with the loop.
+  struct CancelMessage {
+    Operation* operation;
+    uint64_t submission;
+    CancelMessage* next;
+  };
+  std::atomic<CancelMessage*> cancels_{nullptr};
   OperationQueue local_failures_;  // refused on this thread; completed next turn, not inline
   FileDescriptor wakeup_fd_;
   uint64_t wakeup_value_ = 0;

@@ -127,6 +127,9 @@ class Operation {
   uint32_t parts_outstanding_ = 0;   // split requests: parts sent but not completed
   bool fully_staged_ = false;        // every part has been handed to an in-flight slot
   bool waited_for_slot_ = false;     // counted once in queue_full_waits
+  bool cancelled_ = false;           // completing with CancelledError once buffers are free
+  uint64_t submission_ = 0;          // bumped by each Submit (atomic_ref): names a submission
+  uint64_t last_batch_ = 0;          // newest send batch carrying a part of it
   absl::Status first_error_;         // split requests: the first part's error wins
 };
 
@@ -167,6 +170,13 @@ class Client {
   // advertised, out of range, zero length, misaligned to the minimum block size, ...) completes
   // through on_complete with InvalidArgument/FailedPrecondition/OutOfRange without being sent.
   void Submit(Operation* operation);
+  // Asks for `operation` (as submitted most recently) to complete early with CancelledError.
+  // Returns at once; the completion arrives through on_complete on a ring thread as usual,
+  // and not before no kernel operation refers to the caller's buffer any more. A request
+  // still waiting for an in-flight slot is never sent. One already sent cannot be taken back
+  // (NBD has no such command): it completes at once, the server may still carry it out, and
+  // its reply is discarded. Cancelling a request that already completed does nothing.
+  void Cancel(Operation* operation);
   // The same checks, synchronously, without queueing anything.
   absl::Status Validate(const Operation& operation) const;
 
