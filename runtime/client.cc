@@ -187,6 +187,30 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
     connection_options.max_effect_part = (uint64_t{1} << 32) - (uint64_t{1} << 16);
     connection_options.description =
         absl::StrCat("connection ", i + 1, " to ", impl.address_text);
+    if (options.reconnect) {
+      connection_options.reconnect_delay_ns = absl::ToInt64Nanoseconds(options.reconnect_delay);
+      connection_options.reconnect = [options, address = *address,
+                                      info](absl::Time deadline) -> absl::StatusOr<FileDescriptor> {
+        ClientOptions attempt = options;
+        attempt.connect_timeout = std::min(options.connect_timeout, deadline - absl::Now());
+        auto negotiated =
+            OpenAndNegotiate(attempt, address, nbd::HandshakeOptions::Goal::kTransmission);
+        if (!negotiated.ok()) return negotiated.status();
+        const ExportInfo& again = negotiated->info;
+        bool same_contexts = again.meta_contexts.size() == info.meta_contexts.size();
+        for (size_t c = 0; same_contexts && c < info.meta_contexts.size(); ++c) {
+          same_contexts = again.meta_contexts[c].id == info.meta_contexts[c].id &&
+                          again.meta_contexts[c].name == info.meta_contexts[c].name;
+        }
+        if (again.size != info.size || again.transmission_flags != info.transmission_flags ||
+            again.reply_mode != info.reply_mode || !same_contexts) {
+          return absl::FailedPreconditionError(
+              "the server offers a different export after reconnecting (size, flags, reply "
+              "mode or meta contexts changed)");
+        }
+        return std::move(negotiated->fd);
+      };
+    }
     per_thread[i % threads].push_back({std::move(sockets[i]), std::move(connection_options)});
   }
   int64_t timeout_check_ns = 0;

@@ -62,6 +62,10 @@ Connection::Connection(Ring* ring, FileDescriptor fd, const nbd::ExportInfo& inf
             return parser_options;
           }(),
           this) {
+  parser_options_.mode = info.reply_mode;
+  for (const nbd::MetaContext& context : info.meta_contexts) {
+    parser_options_.meta_context_ids.push_back(context.id);
+  }
   // One header per slot plus NBD_CMD_DISC; a header and a payload iovec per slot.
   headers_ = std::make_unique<uint8_t[]>((options_.inflight_limit + 1) * nbd::kExtendedRequestSize);
   iovecs_.resize(2 * options_.inflight_limit + 2);
@@ -70,9 +74,133 @@ Connection::Connection(Ring* ring, FileDescriptor fd, const nbd::ExportInfo& inf
   send_completion_.owner = this;
   receive_completion_.handler = &Connection::OnReceive;
   receive_completion_.owner = this;
+  cancel_completion_.handler = [](IoCompletion* completion) {
+    auto* self = static_cast<Connection*>(completion->owner);
+    --self->kernel_operations_;
+    self->MaybeFinishDying();
+  };
+  cancel_completion_.owner = this;
 }
 
-Connection::~Connection() = default;
+Connection::~Connection() {
+  reconnect_stop_.store(true);
+  JoinReconnectThread();
+}
+
+void Connection::JoinReconnectThread() {
+  if (reconnect_thread_.joinable()) reconnect_thread_.join();
+}
+
+bool Connection::ShouldReconnect() const {
+  // Only a lost connection is worth another: a server that broke the protocol or stopped
+  // answering would most likely do it again.
+  return options_.reconnect != nullptr && failure_.code() == absl::StatusCode::kUnavailable &&
+         !reconnect_stop_.load();
+}
+
+void Connection::StartReconnecting() {
+  // Everything in flight goes back to the front of the queue, whole: parts of a split
+  // request that already completed are simply done again (reads and writes are idempotent,
+  // and NBD promises no order between concurrent requests anyway).
+  OperationQueue requeued;
+  table_.ForEachInUse([&](uint64_t cookie, Slot& slot) {
+    if (slot.reply_done) {
+      --deferred_slots_;
+      absl::Status status = std::move(slot.deferred_status);
+      CompleteSlot(cookie, &slot, status);
+      return;
+    }
+    Operation* operation = slot.operation;
+    outstanding_bytes_ -= slot.length + nbd::kCompactRequestSize;
+    slot.operation = nullptr;
+    table_.Release(cookie);
+    if (operation == nullptr || (!operation->fully_staged_ && operation->staged_bytes_ == 0)) {
+      return;  // cancelled, or already requeued through another of its parts
+    }
+    operation->staged_bytes_ = 0;
+    operation->parts_outstanding_ = 0;
+    operation->fully_staged_ = false;
+    requeued.PushBack(operation);
+  });
+  // A split request still partly in pending_ was reset above; take it out so it is queued once.
+  for (Operation* operation = requeued.front(); operation != nullptr; operation = operation->next_) {
+    pending_.Remove(operation);
+  }
+  requeued.Append(pending_);
+  pending_.Append(requeued);
+  parser_ = nbd::ReplyParser(parser_options_, this);
+  send_in_flight_ = false;
+  receive_direct_ = false;
+  receive_direct_operation_ = nullptr;
+  fd_ = FileDescriptor();
+  state_ = State::kReconnecting;
+  reconnect_deadline_ns_ = MonotonicNanoseconds() + options_.reconnect_delay_ns;
+  {
+    std::lock_guard<std::mutex> lock(reconnect_mutex_);
+    reconnect_result_.reset();
+  }
+  JoinReconnectThread();
+  absl::Time deadline = absl::Now() + absl::Nanoseconds(options_.reconnect_delay_ns);
+  reconnect_thread_ = std::thread([this, deadline] {
+    absl::Duration backoff = absl::Milliseconds(100);
+    absl::StatusOr<FileDescriptor> result = absl::UnavailableError("no attempt made");
+    while (!reconnect_stop_.load() && absl::Now() < deadline) {
+      result = options_.reconnect(deadline);
+      if (result.ok()) break;
+      absl::Time next = std::min(absl::Now() + backoff, deadline);
+      while (!reconnect_stop_.load() && absl::Now() < next) absl::SleepFor(absl::Milliseconds(10));
+      backoff = std::min(backoff * 2, absl::Seconds(2));
+    }
+    if (!result.ok() && result.status().message() == "no attempt made") {
+      result = absl::UnavailableError("gave up before a reconnect attempt could be made");
+    }
+    {
+      std::lock_guard<std::mutex> lock(reconnect_mutex_);
+      reconnect_result_ = std::move(result);
+    }
+    options_.wake_ring();
+  });
+}
+
+void Connection::PollReconnect() {
+  if (state_ != State::kReconnecting) return;
+  std::optional<absl::StatusOr<FileDescriptor>> result;
+  {
+    std::lock_guard<std::mutex> lock(reconnect_mutex_);
+    result.swap(reconnect_result_);
+  }
+  if (!result.has_value()) return;
+  JoinReconnectThread();
+  if (!result->ok()) {
+    reconnect_stop_.store(true);  // giving up is final for this connection
+    state_ = State::kDying;
+    failure_ = absl::UnavailableError(absl::StrCat(
+        options_.description, ": lost the connection (", failure_.message(),
+        ") and could not reconnect within ", options_.reconnect_delay_ns / 1000000,
+        " ms: ", result->status().message()));
+    MaybeFinishDying();
+    return;
+  }
+  fd_ = *std::move(*result);
+  state_ = State::kOpen;
+  failure_ = absl::OkStatus();
+  Increment(counters_.reconnects);
+  ArmReceive();
+}
+
+void Connection::StopReconnecting() {
+  reconnect_stop_.store(true);
+  if (state_ != State::kReconnecting) return;
+  JoinReconnectThread();
+  {
+    std::lock_guard<std::mutex> lock(reconnect_mutex_);
+    reconnect_result_.reset();
+  }
+  state_ = State::kDying;
+  failure_ = absl::UnavailableError(absl::StrCat(
+      options_.description, ": the client closed while reconnecting (", failure_.message(), ")"));
+  MaybeFinishDying();
+}
 
 void Connection::Start() { ArmReceive(); }
 
@@ -271,6 +399,9 @@ void Connection::OnReceive(IoCompletion* completion) {
   auto* self = static_cast<Connection*>(completion->owner);
   --self->kernel_operations_;
   int32_t result = completion->result;
+  const bool was_direct = self->receive_direct_;
+  self->receive_direct_ = false;
+  self->receive_direct_operation_ = nullptr;
   if (self->state_ == State::kDying) {
     self->MaybeFinishDying();
     return;
@@ -296,7 +427,7 @@ void Connection::OnReceive(IoCompletion* completion) {
     return;
   }
   Increment(self->counters_.bytes_read, static_cast<uint64_t>(result));
-  if (self->receive_direct_) {
+  if (was_direct) {
     self->parser_.PayloadReceivedDirectly(static_cast<uint64_t>(result));
     self->ProcessInput({});
   } else {
@@ -446,8 +577,11 @@ void Connection::Fail(absl::Status status) {
   // Makes the kernel finish our recv and send now instead of whenever the server acts.
   shutdown(fd_.get(), SHUT_RDWR);
   if (kernel_operations_ > 0) {
-    io_uring_sqe* sqe = ring_->Prepare(nullptr);
+    // Counted like any other SQE: the socket (and its fd number, which a reconnect may
+    // reuse) must outlive the cancel.
+    io_uring_sqe* sqe = ring_->Prepare(&cancel_completion_);
     io_uring_prep_cancel_fd(sqe, fd_.get(), IORING_ASYNC_CANCEL_ALL);
+    ++kernel_operations_;
   }
   MaybeFinishDying();
 }
@@ -464,6 +598,11 @@ void Connection::MaybeFinishDying() {
     return;
   }
   if (state_ != State::kDying) return;
+  if (ShouldReconnect()) {
+    CompleteCancelled();
+    StartReconnecting();
+    return;
+  }
   // No kernel operation refers to a caller's buffer any more: fail everything exactly once.
   // Unstaged parts first, so an Operation split over slots completes with its last slot.
   OperationQueue pending;

@@ -35,7 +35,11 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -58,6 +62,11 @@ struct ConnectionOptions {
   uint64_t max_payload_part = nbd::kDefaultMaxPayload;  // READ/WRITE split size
   uint64_t max_effect_part = UINT32_MAX;                // TRIM/WRITE_ZEROES/CACHE split size
   std::string description;  // "connection 1 to nbd+unix:///?socket=..." for messages
+  // Set when reconnecting is on: opens and negotiates a new socket to the same export (runs
+  // on a helper thread), and wakes the owning ring when an attempt series ends.
+  std::function<absl::StatusOr<FileDescriptor>(absl::Time deadline)> reconnect;
+  std::function<void()> wake_ring;
+  int64_t reconnect_delay_ns = 0;
 };
 
 struct ConnectionCounters {
@@ -67,6 +76,7 @@ struct ConnectionCounters {
   std::atomic<uint64_t> bytes_written{0};
   std::atomic<uint64_t> errors{0};
   std::atomic<uint64_t> queue_full_waits{0};
+  std::atomic<uint64_t> reconnects{0};
 };
 
 // Completes `operation` if `status` is its last part (helper shared with the ring thread).
@@ -75,7 +85,9 @@ void CompleteOperationPart(Operation* operation, const absl::Status& status,
 
 class Connection : private nbd::RequestLookup {
  public:
-  enum class State { kOpen, kDisconnecting, kDying, kClosed };
+  // kOpen -> kDisconnecting -> kClosed (orderly), kOpen -> kDying -> kClosed (failure), and
+  // with reconnect: kDying -> kReconnecting -> kOpen, or -> kDying -> kClosed when it gives up.
+  enum class State { kOpen, kDisconnecting, kDying, kReconnecting, kClosed };
 
   Connection(Ring* ring, FileDescriptor fd, const nbd::ExportInfo& info,
              ConnectionOptions options);
@@ -93,11 +105,16 @@ class Connection : private nbd::RequestLookup {
   // `submission`; returns false when this connection does not have it. Never dereferences
   // an Operation it does not hold (it may have completed and been freed).
   bool Cancel(Operation* operation, uint64_t submission);
+  // Adopts the outcome of a finished reconnect attempt series, if any.
+  void PollReconnect();
+  // Gives up reconnecting now (the client is closing).
+  void StopReconnecting();
   // Orderly end once idle: NBD_CMD_DISC, then close.
   void Disconnect();
 
   State state() const { return state_; }
   bool usable() const { return state_ == State::kOpen; }
+  bool reconnecting() const { return state_ == State::kReconnecting; }
   bool idle() const { return pending_.empty() && table_.in_use() == 0; }
   uint64_t outstanding_bytes() const { return outstanding_bytes_; }
   uint32_t in_flight() const { return table_.in_use(); }
@@ -127,6 +144,9 @@ class Connection : private nbd::RequestLookup {
   void CompleteDeferredSlots();
   void MaybeFinishDying();
   void CompleteCancelled();
+  bool ShouldReconnect() const;
+  void StartReconnecting();
+  void JoinReconnectThread();
   uint64_t PartLimit(const Operation& operation) const;
 
   Ring* ring_;
@@ -158,12 +178,22 @@ class Connection : private nbd::RequestLookup {
 
   // Receiving.
   IoCompletion receive_completion_;
+  IoCompletion cancel_completion_;
   std::unique_ptr<uint8_t[]> receive_buffer_;
   bool receive_direct_ = false;
   Operation* receive_direct_operation_ = nullptr;  // whose buffer the armed recv fills
   nbd::ReplyParser parser_;
 
   ConnectionCounters counters_;
+
+  // Reconnecting: one helper thread per attempt series; it hands its result over under
+  // reconnect_mutex_ and wakes the ring.
+  std::thread reconnect_thread_;
+  std::mutex reconnect_mutex_;
+  std::optional<absl::StatusOr<FileDescriptor>> reconnect_result_;  // guarded
+  std::atomic<bool> reconnect_stop_{false};
+  int64_t reconnect_deadline_ns_ = 0;
+  nbd::ReplyParserOptions parser_options_;
 };
 
 }  // namespace nbdring

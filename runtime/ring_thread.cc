@@ -59,6 +59,7 @@ void RingThread::Run(const nbd::ExportInfo* info, std::vector<PendingConnection>
   }
   ring_ = *std::move(ring);
   for (PendingConnection& connection : *pending) {
+    if (connection.options.reconnect) connection.options.wake_ring = [this] { Wake(); };
     connections_.push_back(std::make_unique<Connection>(ring_.get(), std::move(connection.fd),
                                                         *info, std::move(connection.options)));
     connections_.back()->Start();
@@ -168,6 +169,13 @@ void RingThread::Dispatch(Operation* operation) {
     }
   }
   if (best == nullptr) {
+    // No open connection: wait on one that is reconnecting (bounded by its reconnect delay).
+    for (const std::unique_ptr<Connection>& connection : connections_) {
+      if (connection->reconnecting()) {
+        connection->Enqueue(operation);
+        return;
+      }
+    }
     absl::Status last = connections_.empty() ? absl::UnavailableError("no connection")
                                              : connections_.front()->failure();
     operation->first_error_ = absl::UnavailableError(
@@ -197,7 +205,15 @@ void RingThread::Loop() {
       absl::Status status = operation->first_error_;
       CompleteOperationPart(operation, status, nullptr);  // its callback may dispatch more
     }
-    if (!closing_ && close_requested_.load(std::memory_order_acquire)) closing_ = true;
+    for (const std::unique_ptr<Connection>& connection : connections_) {
+      connection->PollReconnect();
+    }
+    if (!closing_ && close_requested_.load(std::memory_order_acquire)) {
+      closing_ = true;
+      for (const std::unique_ptr<Connection>& connection : connections_) {
+        connection->StopReconnecting();
+      }
+    }
     if (closing_) {
       bool idle = inbox_.empty() && local_failures_.empty();
       for (const std::unique_ptr<Connection>& connection : connections_) {
@@ -257,6 +273,7 @@ void RingThread::AddStats(ClientStats* stats) const {
     stats->bytes_written += counters.bytes_written.load(std::memory_order_relaxed);
     stats->errors += counters.errors.load(std::memory_order_relaxed);
     stats->queue_full_waits += counters.queue_full_waits.load(std::memory_order_relaxed);
+    stats->reconnects += counters.reconnects.load(std::memory_order_relaxed);
   }
 }
 

@@ -83,16 +83,14 @@ TempDir::~TempDir() {
   std::filesystem::remove_all(path_, ignored);
 }
 
-absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Spawn(
-    std::unique_ptr<TempDir> dir, const std::vector<std::string>& argv, std::string socket_path,
-    int port, absl::Duration ready_timeout) {
-  std::string log_path = dir->File("server.log");
+absl::StatusOr<pid_t> ServerProcess::Launch(const std::vector<std::string>& argv,
+                                            const std::string& log_path) {
   pid_t pid = fork();
   if (pid < 0) return ErrnoStatus("fork");
   if (pid == 0) {
     // The server must not outlive a crashed test.
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    int log = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int log = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (log >= 0) {
       dup2(log, STDOUT_FILENO);
       dup2(log, STDERR_FILENO);
@@ -104,35 +102,58 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Spawn(
     std::fprintf(stderr, "exec %s: %s\n", args[0], std::strerror(errno));
     _exit(127);
   }
-  std::unique_ptr<ServerProcess> server(new ServerProcess());
-  server->dir_ = std::move(dir);
-  server->socket_path_ = std::move(socket_path);
-  server->port_ = port;
-  server->pid_ = pid;
+  return pid;
+}
 
+absl::Status ServerProcess::AwaitReady(absl::Duration ready_timeout) {
   absl::Time deadline = absl::Now() + ready_timeout;
   while (true) {
-    bool ready = server->socket_path_.empty() ? CanConnectTcp(port)
-                                              : CanConnectUnix(server->socket_path_);
-    if (ready) return server;
+    bool ready = socket_path_.empty() ? CanConnectTcp(port_) : CanConnectUnix(socket_path_);
+    if (ready) return absl::OkStatus();
     int status = 0;
-    if (waitpid(pid, &status, WNOHANG) == pid) {
-      server->reaped_ = true;
-      std::ifstream log(log_path);
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      reaped_ = true;
+      std::ifstream log(dir_->File("server.log"));
       std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
       return absl::FailedPreconditionError(
-          absl::StrCat("'", absl::StrJoin(argv, " "), "' exited before accepting connections (",
+          absl::StrCat("'", absl::StrJoin(argv_, " "), "' exited before accepting connections (",
                        WIFEXITED(status) ? absl::StrCat("exit ", WEXITSTATUS(status))
                                          : absl::StrCat("signal ", WTERMSIG(status)),
                        "): ", text));
     }
     if (absl::Now() > deadline) {
       return absl::DeadlineExceededError(absl::StrCat(
-          "'", absl::StrJoin(argv, " "), "' did not accept connections within ",
+          "'", absl::StrJoin(argv_, " "), "' did not accept connections within ",
           absl::FormatDuration(ready_timeout)));
     }
     usleep(5000);
   }
+}
+
+absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Spawn(
+    std::unique_ptr<TempDir> dir, const std::vector<std::string>& argv, std::string socket_path,
+    int port, absl::Duration ready_timeout) {
+  auto pid = Launch(argv, dir->File("server.log"));
+  if (!pid.ok()) return pid.status();
+  std::unique_ptr<ServerProcess> server(new ServerProcess());
+  server->dir_ = std::move(dir);
+  server->argv_ = argv;
+  server->socket_path_ = std::move(socket_path);
+  server->port_ = port;
+  server->pid_ = *pid;
+  absl::Status ready = server->AwaitReady(ready_timeout);
+  if (!ready.ok()) return ready;
+  return server;
+}
+
+absl::Status ServerProcess::Restart() {
+  if (!reaped_) return absl::FailedPreconditionError("Restart needs the server stopped (Kill, Wait)");
+  if (!socket_path_.empty()) unlink(socket_path_.c_str());
+  auto pid = Launch(argv_, dir_->File("server.log"));
+  if (!pid.ok()) return pid.status();
+  pid_ = *pid;
+  reaped_ = false;
+  return AwaitReady(absl::Seconds(20));
 }
 
 absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::StartNbdkit(

@@ -59,13 +59,20 @@ class ServerProcess {
 
   void Kill(int signal);     // e.g. SIGKILL mid-test
   absl::Status Wait();       // reap after Kill
+  // Starts the same command again on the same socket or port (after Kill + Wait), e.g. to
+  // test reconnecting; returns once it accepts connections.
+  absl::Status Restart();
 
  private:
   ServerProcess() = default;
   static absl::StatusOr<std::unique_ptr<ServerProcess>> Spawn(
       std::unique_ptr<TempDir> dir, const std::vector<std::string>& argv, std::string socket_path,
       int port, absl::Duration ready_timeout);
+  static absl::StatusOr<pid_t> Launch(const std::vector<std::string>& argv,
+                                      const std::string& log_path);
+  absl::Status AwaitReady(absl::Duration ready_timeout);
   std::unique_ptr<TempDir> dir_;
+  std::vector<std::string> argv_;
   std::string socket_path_;
   int port_ = 0;
   pid_t pid_ = -1;

@@ -85,6 +85,14 @@ struct ClientOptions {
   // lets one receive carry many replies.
   uint32_t receive_buffer_bytes = 256 * 1024;
   uint32_t direct_receive_bytes = 16 * 1024;
+  // Reconnect (off by default): when a connection to the server is lost (EOF, socket
+  // error), the requests in flight on it are kept and re-sent once a new connection has
+  // negotiated the same export, as QEMU's reconnect-delay does. Attempts back off from
+  // 100 ms to 2 s. Requests on that connection, and new ones that find no other connection,
+  // wait at most `reconnect_delay` from the loss; then they fail with UnavailableError.
+  // Protocol violations and request timeouts still close the connection for good.
+  bool reconnect = false;
+  absl::Duration reconnect_delay = absl::Seconds(30);
   // Completion batching: while a ring has at least `completion_batch_min_in_flight` requests
   // in flight, it waits up to `completion_batch_delay` for more replies before waking, so one
   // wakeup handles many replies. Zero delay turns it off (lowest latency, most wakeups).
@@ -145,6 +153,7 @@ struct ClientStats {
   uint64_t cqes = 0;
   uint64_t queue_full_waits = 0;  // requests that had to wait for an in-flight slot
   uint64_t wakeups = 0;           // cross-thread submissions that had to wake a ring
+  uint64_t reconnects = 0;        // connections re-established after a loss
 };
 
 class Client {
