@@ -1,0 +1,451 @@
+#include "tools/copy/copier.h"
+
+#include <errno.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace nbdcopy {
+namespace {
+
+// NBD_CMD_WRITE_ZEROES carries no payload, so one request may cover far more than a read;
+// 1 GiB stays well inside the 32-bit length of compact requests.
+constexpr uint64_t kMaximumZeroRequest = uint64_t{1} << 30;
+constexpr size_t kBufferAlignment = 4096;
+
+absl::Status ErrnoStatus(int error) {
+  return absl::ErrnoToStatus(error, std::strerror(error));
+}
+
+absl::Status PreadFully(int fd, unsigned char* buffer, uint64_t length, uint64_t offset) {
+  uint64_t done = 0;
+  while (done < length) {
+    const ssize_t got = pread(fd, buffer + done, length - done, static_cast<off_t>(offset + done));
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno);
+    }
+    if (got == 0) {
+      return absl::OutOfRangeError(
+          absl::StrCat("unexpected end of file at offset ", offset + done));
+    }
+    done += static_cast<uint64_t>(got);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PwriteFully(int fd, const unsigned char* buffer, uint64_t length, uint64_t offset) {
+  uint64_t done = 0;
+  while (done < length) {
+    const ssize_t put =
+        pwrite(fd, buffer + done, length - done, static_cast<off_t>(offset + done));
+    if (put < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno);
+    }
+    done += static_cast<uint64_t>(put);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WriteFully(int fd, const unsigned char* buffer, uint64_t length) {
+  uint64_t done = 0;
+  while (done < length) {
+    const ssize_t put = write(fd, buffer + done, length - done);
+    if (put < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno);
+    }
+    done += static_cast<uint64_t>(put);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+struct Copier::Slot {
+  enum class Phase { kIdle, kReading, kWriting };
+  Copier* copier = nullptr;
+  unsigned char* buffer = nullptr;
+  nbdring::Operation operation;
+  Phase phase = Phase::kIdle;
+  ChunkKind kind = ChunkKind::kCopy;
+  uint64_t offset = 0;
+  uint64_t length = 0;
+};
+
+Copier::Copier(Endpoint* source, Endpoint* destination, const CopyOptions& options)
+    : source_(source), destination_(destination), options_(options) {
+  for (const Endpoint* endpoint : {source_, destination_}) {
+    if (std::optional<uint64_t> maximum = endpoint->maximum_request(); maximum.has_value()) {
+      options_.request_size = std::min(options_.request_size, *maximum);
+    }
+  }
+  options_.slots = std::max(options_.slots, 1);
+
+  if (destination_->kind() == EndpointKind::kNull || options_.destination_is_zero ||
+      destination_->is_regular_file()) {
+    zero_policy_ = ZeroPolicy::kSkip;  // a regular file is emptied first: skipped bytes are holes
+  } else if (destination_->kind() == EndpointKind::kNbd &&
+             destination_->client()->export_info().can_zero()) {
+    zero_policy_ = ZeroPolicy::kZeroCommand;
+  } else {
+    zero_policy_ = ZeroPolicy::kZeroBuffer;
+  }
+  const bool source_blocks = source_->kind() == EndpointKind::kFile ||
+                             source_->kind() == EndpointKind::kStream;
+  const bool destination_blocks = destination_->kind() == EndpointKind::kFile ||
+                                  destination_->kind() == EndpointKind::kStream;
+  offload_completions_ = source_blocks || destination_blocks;
+}
+
+Copier::~Copier() = default;
+
+absl::Status Copier::Plan() {
+  if (source_->kind() != EndpointKind::kStream) {
+    total_bytes_ = source_->size();
+    const std::optional<uint64_t> destination_size = destination_->size();
+    // A regular file grows to fit; an export or block device cannot.
+    if (destination_size.has_value() && !destination_->is_regular_file() &&
+        *destination_size < *total_bytes_) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "destination ", destination_->spec(), " is smaller than the source: ",
+          *destination_size, " bytes, but the source ", source_->spec(), " has ", *total_bytes_,
+          " bytes; nothing was written"));
+    }
+    absl::StatusOr<std::vector<Range>> ranges = source_->MapSource(options_.use_extents);
+    if (!ranges.ok()) return ranges.status();
+    ranges_ = std::move(*ranges);
+  }
+  return destination_->PrepareDestination(total_bytes_);
+}
+
+absl::Status Copier::Run(const std::function<void(const CopyProgress&)>& on_tick,
+                         absl::Duration tick_interval) {
+  if (absl::Status status = Plan(); !status.ok()) return status;
+
+  const size_t slot_count = static_cast<size_t>(options_.slots);
+  const size_t buffer_bytes =
+      (options_.request_size + kBufferAlignment - 1) / kBufferAlignment * kBufferAlignment;
+  buffers_ = {static_cast<unsigned char*>(std::aligned_alloc(kBufferAlignment,
+                                                             buffer_bytes * slot_count)),
+              std::free};
+  if (buffers_ == nullptr) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cannot allocate ", slot_count, " buffers of ", buffer_bytes, " bytes"));
+  }
+  slots_.clear();
+  for (size_t i = 0; i < slot_count; ++i) {
+    auto slot = std::make_unique<Slot>();
+    slot->copier = this;
+    slot->buffer = buffers_.get() + i * buffer_bytes;
+    slot->operation.user_data = slot.get();
+    slot->operation.on_complete = &Copier::OnOperationComplete;
+    slots_.push_back(std::move(slot));
+  }
+  {
+    std::lock_guard<std::mutex> lock(done_mutex_);
+    active_slots_ = static_cast<int>(slot_count);
+  }
+  if (offload_completions_) io_thread_ = std::thread([this] { RunIoThread(); });
+  for (const std::unique_ptr<Slot>& slot : slots_) Drive(slot.get(), absl::OkStatus());
+
+  const auto tick = absl::ToChronoMilliseconds(tick_interval);
+  {
+    std::unique_lock<std::mutex> lock(done_mutex_);
+    while (active_slots_ > 0) {
+      if (on_tick) {
+        if (done_.wait_for(lock, tick, [this] { return active_slots_ == 0; })) break;
+        lock.unlock();
+        on_tick(CopyProgress{bytes_done_.load(std::memory_order_relaxed), total_bytes_});
+        lock.lock();
+      } else {
+        done_.wait(lock, [this] { return active_slots_ == 0; });
+      }
+    }
+  }
+  // The last word, even when the copy finished before the first tick.
+  if (on_tick) on_tick(CopyProgress{bytes_done_.load(), total_bytes_});
+  if (io_thread_.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(io_mutex_);
+      io_stop_ = true;
+    }
+    io_ready_.notify_all();
+    io_thread_.join();
+  }
+  {
+    std::lock_guard<std::mutex> lock(done_mutex_);
+    if (!first_error_.ok()) return first_error_;
+  }
+  if (total_bytes_.has_value() && bytes_done_.load() != *total_bytes_) {
+    return absl::InternalError(absl::StrCat("the copy ended after ", bytes_done_.load(),
+                                            " of ", *total_bytes_, " bytes"));
+  }
+  if (options_.flush) return destination_->Flush();
+  return absl::OkStatus();
+}
+
+void Copier::OnOperationComplete(nbdring::Operation* operation, const absl::Status& status) {
+  Slot* slot = static_cast<Slot*>(operation->user_data);
+  Copier* copier = slot->copier;
+  if (!copier->offload_completions_) {
+    copier->Drive(slot, status);
+    return;
+  }
+  std::lock_guard<std::mutex> lock(copier->io_mutex_);
+  const bool was_empty = copier->io_queue_.empty();
+  copier->io_queue_.push_back(Pending{slot, status});
+  // A non-empty queue means the I/O thread is awake or about to look again: no wakeup needed.
+  // Notifying under the lock matters: once the I/O thread finishes the last slot, Run() returns
+  // and the Copier (with this condition variable) may be gone.
+  if (was_empty) copier->io_ready_.notify_one();
+}
+
+void Copier::RunIoThread() {
+  std::vector<Pending> batch;
+  std::unique_lock<std::mutex> lock(io_mutex_);
+  while (true) {
+    io_ready_.wait(lock, [this] { return io_stop_ || !io_queue_.empty(); });
+    if (io_queue_.empty()) return;  // stopping, and nothing left to finish
+    batch.swap(io_queue_);
+    lock.unlock();
+    for (Pending& pending : batch) Drive(pending.slot, std::move(pending.status));
+    batch.clear();
+    lock.lock();
+  }
+}
+
+void Copier::Drive(Slot* first, absl::Status status) {
+  // Synchronous steps loop here instead of recursing, so a long run of file I/O on one thread
+  // never deepens the stack.
+  std::vector<Pending> ready;
+  ready.push_back(Pending{first, std::move(status)});
+  while (!ready.empty()) {
+    Pending pending = std::move(ready.back());
+    ready.pop_back();
+    Advance(pending.slot, std::move(pending.status), &ready);
+  }
+}
+
+void Copier::Advance(Slot* slot, absl::Status status, std::vector<Pending>* ready) {
+  using Phase = Slot::Phase;
+  while (true) {
+    switch (slot->phase) {
+      case Phase::kIdle: {
+        absl::Status read_status;
+        if (!TakeNextChunk(slot, &read_status)) {
+          FinishSlot();
+          return;
+        }
+        if (slot->kind == ChunkKind::kZeroCommand) {
+          slot->phase = Phase::kWriting;
+          if (!StartWrite(slot, &status, ready)) return;
+          break;
+        }
+        slot->phase = Phase::kReading;
+        if (slot->kind == ChunkKind::kZeroBuffer) {
+          std::memset(slot->buffer, 0, slot->length);
+          status = absl::OkStatus();
+          break;
+        }
+        switch (source_->kind()) {
+          case EndpointKind::kNbd: {
+            nbdring::Operation& operation = slot->operation;
+            operation.command = nbdring::Command::kRead;
+            operation.flags = 0;
+            operation.offset = slot->offset;
+            operation.length = slot->length;
+            operation.buffer = slot->buffer;
+            source_->client()->Submit(&operation);
+            return;
+          }
+          case EndpointKind::kFile:
+            status = PreadFully(source_->fd(), slot->buffer, slot->length, slot->offset);
+            break;
+          case EndpointKind::kStream:
+          case EndpointKind::kNull:
+            status = std::move(read_status);
+            break;
+        }
+        break;
+      }
+      case Phase::kReading:
+        if (!status.ok()) {
+          Fail(absl::Status(status.code(),
+                            absl::StrCat("reading source ", source_->spec(), " at offset ",
+                                         slot->offset, " (length ", slot->length,
+                                         ") failed: ", status.message())),
+               ready);
+          FinishSlot();
+          return;
+        }
+        slot->phase = Phase::kWriting;
+        if (!StartWrite(slot, &status, ready)) return;
+        break;
+      case Phase::kWriting:
+        if (!status.ok()) {
+          const char* verb = slot->kind == ChunkKind::kZeroCommand ? "zeroing" : "writing";
+          Fail(absl::Status(status.code(),
+                            absl::StrCat(verb, " destination ", destination_->spec(),
+                                         " at offset ", slot->offset, " (length ", slot->length,
+                                         ") failed: ", status.message())),
+               ready);
+          FinishSlot();
+          return;
+        }
+        bytes_done_.fetch_add(slot->length, std::memory_order_relaxed);
+        slot->phase = Phase::kIdle;
+        break;
+    }
+  }
+}
+
+bool Copier::TakeNextChunk(Slot* slot, absl::Status* read_status) {
+  std::lock_guard<std::mutex> lock(plan_mutex_);
+  if (failed_.load(std::memory_order_acquire)) return false;
+  if (source_->kind() == EndpointKind::kStream) {
+    if (stream_ended_) return false;
+    *read_status = ReadStreamChunk(slot);
+    if (read_status->ok() && slot->length == 0) return false;
+    return true;
+  }
+  while (range_index_ < ranges_.size()) {
+    const Range& range = ranges_[range_index_];
+    const uint64_t remaining = range.length - range_position_;
+    uint64_t length = std::min(remaining, options_.request_size);
+    if (range.zero) {
+      if (zero_policy_ == ZeroPolicy::kSkip) {
+        bytes_done_.fetch_add(remaining, std::memory_order_relaxed);
+        ++range_index_;
+        range_position_ = 0;
+        continue;
+      }
+      if (zero_policy_ == ZeroPolicy::kZeroCommand) {
+        length = std::min(remaining, kMaximumZeroRequest);
+        slot->kind = ChunkKind::kZeroCommand;
+      } else {
+        slot->kind = ChunkKind::kZeroBuffer;
+      }
+    } else {
+      slot->kind = ChunkKind::kCopy;
+    }
+    slot->offset = range.offset + range_position_;
+    slot->length = length;
+    range_position_ += length;
+    if (range_position_ == range.length) {
+      ++range_index_;
+      range_position_ = 0;
+    }
+    return true;
+  }
+  return false;
+}
+
+absl::Status Copier::ReadStreamChunk(Slot* slot) {
+  // Called with plan_mutex_ held: stream bytes are read in order, one chunk at a time.
+  slot->kind = ChunkKind::kCopy;
+  slot->offset = stream_offset_;
+  slot->length = 0;
+  while (slot->length < options_.request_size) {
+    const ssize_t got = read(source_->fd(), slot->buffer + slot->length,
+                             options_.request_size - slot->length);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      stream_ended_ = true;
+      return ErrnoStatus(errno);
+    }
+    if (got == 0) {
+      stream_ended_ = true;
+      break;
+    }
+    slot->length += static_cast<uint64_t>(got);
+  }
+  stream_offset_ += slot->length;
+  return absl::OkStatus();
+}
+
+bool Copier::StartWrite(Slot* slot, absl::Status* status, std::vector<Pending>* ready) {
+  switch (destination_->kind()) {
+    case EndpointKind::kNbd: {
+      const uint64_t size = *destination_->size();
+      if (slot->offset + slot->length > size) {
+        // Only a stream source can get here: its size was not known in advance.
+        *status = absl::OutOfRangeError(absl::StrCat(
+            "the source is larger than the destination (", size, " bytes)"));
+        return true;
+      }
+      nbdring::Operation& operation = slot->operation;
+      operation.command = slot->kind == ChunkKind::kZeroCommand ? nbdring::Command::kWriteZeroes
+                                                                : nbdring::Command::kWrite;
+      operation.flags = 0;
+      operation.offset = slot->offset;
+      operation.length = slot->length;
+      operation.buffer = slot->kind == ChunkKind::kZeroCommand ? nullptr : slot->buffer;
+      destination_->client()->Submit(&operation);
+      return false;
+    }
+    case EndpointKind::kFile:
+      *status = PwriteFully(destination_->fd(), slot->buffer, slot->length, slot->offset);
+      return true;
+    case EndpointKind::kStream:
+      return WriteInOrder(slot, status, ready);
+    case EndpointKind::kNull:
+      *status = absl::OkStatus();
+      return true;
+  }
+  return true;
+}
+
+bool Copier::WriteInOrder(Slot* slot, absl::Status* status, std::vector<Pending>* ready) {
+  std::lock_guard<std::mutex> lock(order_mutex_);
+  if (failed_.load(std::memory_order_acquire)) {
+    *status = absl::AbortedError("stopped after an earlier error");
+    return true;
+  }
+  if (slot->offset != next_stream_write_) {
+    parked_.emplace(slot->offset, slot);
+    return false;
+  }
+  *status = WriteFully(destination_->fd(), slot->buffer, slot->length);
+  if (!status->ok()) return true;
+  next_stream_write_ += slot->length;
+  // Slots that finished reading early were waiting for exactly this.
+  while (!parked_.empty() && parked_.begin()->first == next_stream_write_) {
+    Slot* next = parked_.begin()->second;
+    parked_.erase(parked_.begin());
+    absl::Status written = WriteFully(destination_->fd(), next->buffer, next->length);
+    const bool ok = written.ok();
+    ready->push_back(Pending{next, std::move(written)});
+    if (!ok) break;
+    next_stream_write_ += next->length;
+  }
+  return true;
+}
+
+void Copier::Fail(absl::Status status, std::vector<Pending>* ready) {
+  {
+    std::lock_guard<std::mutex> lock(done_mutex_);
+    if (first_error_.ok()) first_error_ = std::move(status);
+  }
+  failed_.store(true, std::memory_order_release);
+  // Parked stream writes wait for bytes that will now never come: hand them back as stopped.
+  std::lock_guard<std::mutex> lock(order_mutex_);
+  for (const auto& [offset, slot] : parked_) {
+    ready->push_back(Pending{slot, absl::AbortedError("stopped after an earlier error")});
+  }
+  parked_.clear();
+}
+
+void Copier::FinishSlot() {
+  std::lock_guard<std::mutex> lock(done_mutex_);
+  if (--active_slots_ == 0) done_.notify_all();
+}
+
+}  // namespace nbdcopy

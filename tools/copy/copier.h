@@ -1,0 +1,129 @@
+// tools/copy/copier.h — moves every byte of a source endpoint to a destination endpoint.
+//
+// A fixed pool of slots, each owning one buffer and one nbdring::Operation, is allocated once.
+// A slot takes the next chunk of the plan, reads it from the source into its buffer, writes the
+// same buffer to the destination, and takes the next chunk. NBD steps are submitted with
+// Client::Submit. When both sides are NBD (or the destination is null:) a slot continues in
+// on_complete on the ring thread; when a file or stream is involved, completions are handed to
+// one I/O thread, because ring callbacks must not block and a ring busy writing a file would
+// hold back the requests that keep the server busy. Chunks the source reports as zero are not
+// read: the destination gets NBD_CMD_WRITE_ZEROES, a hole (a truncated regular file), zero
+// buffers, or nothing at all (--destination-is-zero, null:).
+//
+// Every completion is checked. The first failure stops the copy; Run() then returns an error
+// naming the side, the offset and the server's (or the system's) message. Run() returns OK only
+// when every byte of the source was written to the destination (and flushed when asked).
+#ifndef NBDRING_TOOLS_COPY_COPIER_H_
+#define NBDRING_TOOLS_COPY_COPIER_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "tools/copy/endpoint.h"
+
+namespace nbdcopy {
+
+struct CopyOptions {
+  uint64_t request_size = 256 * 1024;
+  int slots = 64;                    // buffers / requests in flight across all connections
+  bool destination_is_zero = false;  // zero ranges need not be written at all
+  bool use_extents = true;
+  bool flush = false;
+};
+
+// How far a running copy has got, for the progress line.
+struct CopyProgress {
+  uint64_t bytes_done = 0;
+  std::optional<uint64_t> total_bytes;  // absent when the source is a stream
+};
+
+class Copier {
+ public:
+  Copier(Endpoint* source, Endpoint* destination, const CopyOptions& options);
+  ~Copier();
+
+  // Copies everything. `on_tick` (optional) is called from the calling thread about every
+  // `tick_interval` while the copy runs, and once more at the end.
+  absl::Status Run(const std::function<void(const CopyProgress&)>& on_tick,
+                   absl::Duration tick_interval);
+
+  Copier(const Copier&) = delete;
+  Copier& operator=(const Copier&) = delete;
+
+ private:
+  struct Slot;
+  enum class ChunkKind { kCopy, kZeroCommand, kZeroBuffer };
+  enum class ZeroPolicy { kSkip, kZeroCommand, kZeroBuffer };
+  struct Pending {  // a slot whose step just finished with `status`
+    Slot* slot;
+    absl::Status status;
+  };
+
+  absl::Status Plan();
+  void RunIoThread();
+  static void OnOperationComplete(nbdring::Operation* operation, const absl::Status& status);
+  // Runs `first` and every slot it unblocks until each waits on the network or is finished.
+  void Drive(Slot* first, absl::Status status);
+  void Advance(Slot* slot, absl::Status status, std::vector<Pending>* ready);
+  // Gives `slot` its next chunk (reading it, for a stream source). False when none is left.
+  bool TakeNextChunk(Slot* slot, absl::Status* read_status);
+  absl::Status ReadStreamChunk(Slot* slot);
+  // Starts the destination write; returns true when it completed synchronously.
+  bool StartWrite(Slot* slot, absl::Status* status, std::vector<Pending>* ready);
+  absl::Status WriteToFile(Slot* slot);
+  // Streams: writes slots in offset order; returns true if `slot` itself was written.
+  bool WriteInOrder(Slot* slot, absl::Status* status, std::vector<Pending>* ready);
+  void Fail(absl::Status status, std::vector<Pending>* ready);
+  void FinishSlot();
+
+  Endpoint* const source_;
+  Endpoint* const destination_;
+  CopyOptions options_;
+  ZeroPolicy zero_policy_ = ZeroPolicy::kSkip;
+  std::optional<uint64_t> total_bytes_;
+
+  std::vector<std::unique_ptr<Slot>> slots_;
+  std::unique_ptr<unsigned char[], void (*)(void*)> buffers_{nullptr, nullptr};
+
+  // The plan: guarded by plan_mutex_ (a stream source is also read under it, to keep order).
+  std::mutex plan_mutex_;
+  std::vector<Range> ranges_;
+  size_t range_index_ = 0;
+  uint64_t range_position_ = 0;  // offset within ranges_[range_index_]
+  uint64_t stream_offset_ = 0;   // stream sources: bytes read so far
+  bool stream_ended_ = false;
+
+  // Stream destinations: finished reads wait here until every earlier byte is written.
+  std::mutex order_mutex_;
+  std::map<uint64_t, Slot*> parked_;
+  uint64_t next_stream_write_ = 0;
+
+  // NBD completions that continue with blocking file or stream I/O wait here for io_thread_.
+  bool offload_completions_ = false;
+  std::thread io_thread_;
+  std::mutex io_mutex_;
+  std::condition_variable io_ready_;
+  std::vector<Pending> io_queue_;  // guarded by io_mutex_
+  bool io_stop_ = false;           // guarded by io_mutex_
+
+  std::atomic<bool> failed_{false};
+  std::atomic<uint64_t> bytes_done_{0};
+  std::mutex done_mutex_;
+  std::condition_variable done_;
+  int active_slots_ = 0;  // guarded by done_mutex_
+  absl::Status first_error_;  // guarded by done_mutex_
+};
+
+}  // namespace nbdcopy
+
+#endif  // NBDRING_TOOLS_COPY_COPIER_H_

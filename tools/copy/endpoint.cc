@@ -1,0 +1,262 @@
+#include "tools/copy/endpoint.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
+namespace nbdcopy {
+namespace {
+
+constexpr const char kBaseAllocation[] = "base:allocation";
+
+bool IsNbdUri(const std::string& spec) {
+  for (const char* scheme : {"nbd://", "nbds://", "nbd+", "nbds+"}) {
+    if (absl::StartsWith(spec, scheme)) return true;
+  }
+  return false;
+}
+
+absl::Status ErrnoError(absl::string_view what, int error) {
+  return absl::ErrnoToStatus(error, absl::StrCat(what, ": ", std::strerror(error)));
+}
+
+}  // namespace
+
+const char* SideName(Side side) { return side == Side::kSource ? "source" : "destination"; }
+
+void AppendRange(std::vector<Range>* ranges, Range range) {
+  if (range.length == 0) return;
+  if (!ranges->empty()) {
+    Range& last = ranges->back();
+    if (last.zero == range.zero && last.offset + last.length == range.offset) {
+      last.length += range.length;
+      return;
+    }
+  }
+  ranges->push_back(range);
+}
+
+absl::StatusOr<std::unique_ptr<Endpoint>> Endpoint::Open(const std::string& spec, Side side,
+                                                         const NbdOptions& nbd_options) {
+  std::unique_ptr<Endpoint> endpoint(new Endpoint());
+  endpoint->side_ = side;
+  endpoint->spec_ = spec;
+  const char* side_name = SideName(side);
+
+  if (spec == "null:") {
+    if (side == Side::kSource) {
+      return absl::InvalidArgumentError("null: can only be a destination");
+    }
+    endpoint->kind_ = EndpointKind::kNull;
+    return endpoint;
+  }
+
+  if (spec == "-") {
+    endpoint->kind_ = EndpointKind::kStream;
+    endpoint->fd_ = side == Side::kSource ? STDIN_FILENO : STDOUT_FILENO;
+    return endpoint;
+  }
+
+  if (IsNbdUri(spec)) {
+    nbdring::ClientOptions options;
+    options.uri = spec;
+    options.connections = nbd_options.connections;
+    options.threads = nbd_options.threads;
+    options.inflight_limit = nbd_options.requests_per_connection;
+    options.request_timeout = nbd_options.request_timeout;
+    if (side == Side::kSource && nbd_options.want_extents) {
+      options.meta_contexts = {kBaseAllocation};
+    }
+    absl::StatusOr<std::unique_ptr<nbdring::Client>> client = nbdring::Client::Connect(options);
+    if (!client.ok()) {
+      return absl::Status(client.status().code(),
+                          absl::StrCat(side_name, " ", spec, ": ", client.status().message()));
+    }
+    endpoint->kind_ = EndpointKind::kNbd;
+    endpoint->client_ = std::move(*client);
+    endpoint->size_ = endpoint->client_->size();
+    if (side == Side::kDestination && endpoint->client_->export_info().read_only()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("destination ", spec, " is read-only: the server does not accept writes"));
+    }
+    return endpoint;
+  }
+
+  const int flags = side == Side::kSource ? O_RDONLY : (O_WRONLY | O_CREAT);
+  const int fd = open(spec.c_str(), flags | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoError(absl::StrCat("cannot open ", side_name, " ", spec), errno);
+  endpoint->fd_ = fd;
+  endpoint->owns_fd_ = true;
+  struct stat status;
+  if (fstat(fd, &status) != 0) return ErrnoError(absl::StrCat("cannot stat ", spec), errno);
+  if (S_ISREG(status.st_mode)) {
+    endpoint->kind_ = EndpointKind::kFile;
+    endpoint->regular_file_ = true;
+    endpoint->size_ = static_cast<uint64_t>(status.st_size);
+  } else if (S_ISBLK(status.st_mode)) {
+    uint64_t bytes = 0;
+    if (ioctl(fd, BLKGETSIZE64, &bytes) != 0) {
+      return ErrnoError(absl::StrCat("cannot get the size of block device ", spec), errno);
+    }
+    endpoint->kind_ = EndpointKind::kFile;
+    endpoint->size_ = bytes;
+  } else {
+    // A FIFO or character device given by name: read or written strictly in order.
+    endpoint->kind_ = EndpointKind::kStream;
+  }
+  return endpoint;
+}
+
+Endpoint::~Endpoint() {
+  if (owns_fd_ && fd_ >= 0) close(fd_);
+}
+
+std::optional<uint64_t> Endpoint::maximum_request() const {
+  if (kind_ != EndpointKind::kNbd) return std::nullopt;
+  return client_->export_info().block_size.maximum;
+}
+
+absl::StatusOr<std::vector<Range>> Endpoint::MapSource(bool use_extents) const {
+  const uint64_t size = size_.value_or(0);
+  if (use_extents && kind_ == EndpointKind::kNbd &&
+      client_->export_info().FindMetaContext(kBaseAllocation) != nullptr) {
+    return MapNbdSource();
+  }
+  if (use_extents && kind_ == EndpointKind::kFile && regular_file_) return MapFileSource();
+  std::vector<Range> ranges;
+  AppendRange(&ranges, Range{0, size, false});
+  return ranges;
+}
+
+absl::StatusOr<std::vector<Range>> Endpoint::MapNbdSource() const {
+  const uint32_t context_id = client_->export_info().FindMetaContext(kBaseAllocation)->id;
+  const uint64_t size = *size_;
+  std::vector<Range> ranges;
+  uint64_t offset = 0;
+  while (offset < size) {
+    std::vector<std::pair<uint32_t, std::vector<nbdring::Extent>>> replies;
+    absl::Status status = client_->BlockStatusSync(size - offset, offset, &replies);
+    if (!status.ok()) {
+      return absl::Status(status.code(),
+                          absl::StrCat("source block status at offset ", offset,
+                                       " failed: ", status.message()));
+    }
+    const uint64_t start = offset;
+    for (const auto& [id, extents] : replies) {
+      if (id != context_id) continue;
+      for (const nbdring::Extent& extent : extents) {
+        // The last extent may run past the end of the export; what is past it does not exist.
+        const uint64_t length = std::min(extent.length, size - offset);
+        AppendRange(&ranges, Range{offset, length, (extent.flags & nbd::kStateZero) != 0});
+        offset += length;
+        if (offset == size) break;
+      }
+    }
+    if (offset == start) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "source block status at offset ", offset, " described no bytes of base:allocation"));
+    }
+  }
+  return ranges;
+}
+
+absl::StatusOr<std::vector<Range>> Endpoint::MapFileSource() const {
+  const uint64_t size = *size_;
+  std::vector<Range> ranges;
+  uint64_t offset = 0;
+  while (offset < size) {
+    const off_t data = lseek(fd_, static_cast<off_t>(offset), SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) {  // only a hole remains
+        AppendRange(&ranges, Range{offset, size - offset, true});
+        break;
+      }
+      if (errno == EINVAL && offset == 0) {  // no SEEK_DATA on this file system
+        AppendRange(&ranges, Range{0, size, false});
+        break;
+      }
+      return ErrnoError(absl::StrCat("lseek(SEEK_DATA) on source ", spec_, " at offset ", offset),
+                        errno);
+    }
+    const uint64_t data_start = std::min<uint64_t>(static_cast<uint64_t>(data), size);
+    AppendRange(&ranges, Range{offset, data_start - offset, true});
+    if (data_start == size) break;
+    const off_t hole = lseek(fd_, data, SEEK_HOLE);
+    if (hole < 0) {
+      return ErrnoError(
+          absl::StrCat("lseek(SEEK_HOLE) on source ", spec_, " at offset ", data_start), errno);
+    }
+    const uint64_t data_end = std::min<uint64_t>(static_cast<uint64_t>(hole), size);
+    AppendRange(&ranges, Range{data_start, data_end - data_start, false});
+    offset = data_end;
+  }
+  return ranges;
+}
+
+absl::Status Endpoint::PrepareDestination(std::optional<uint64_t> source_size) {
+  if (!regular_file_) return absl::OkStatus();
+  // Emptying first turns every old byte into a hole: what the copy skips then reads as zero.
+  if (ftruncate(fd_, 0) != 0) {
+    return ErrnoError(absl::StrCat("cannot truncate destination ", spec_), errno);
+  }
+  if (source_size.has_value() && ftruncate(fd_, static_cast<off_t>(*source_size)) != 0) {
+    return ErrnoError(absl::StrCat("cannot size destination ", spec_, " to ", *source_size,
+                                   " bytes"),
+                      errno);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Endpoint::Flush() {
+  switch (kind_) {
+    case EndpointKind::kNbd: {
+      if (!client_->export_info().can_flush()) return absl::OkStatus();
+      absl::Status status = client_->FlushSync();
+      if (!status.ok()) {
+        return absl::Status(status.code(), absl::StrCat("flushing destination ", spec_,
+                                                        " failed: ", status.message()));
+      }
+      return absl::OkStatus();
+    }
+    case EndpointKind::kFile:
+    case EndpointKind::kStream:
+      // A pipe or terminal cannot be synced (EINVAL); that is not a failure to keep data.
+      if (fdatasync(fd_) != 0 && errno != EINVAL && errno != EROFS) {
+        return ErrnoError(absl::StrCat("flushing destination ", spec_, " failed"), errno);
+      }
+      return absl::OkStatus();
+    case EndpointKind::kNull:
+      return absl::OkStatus();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Endpoint::Close() {
+  if (client_ != nullptr) {
+    absl::Status status = client_->Close();
+    if (!status.ok()) {
+      return absl::Status(status.code(), absl::StrCat("closing ", SideName(side_), " ", spec_,
+                                                      ": ", status.message()));
+    }
+  }
+  if (owns_fd_ && fd_ >= 0) {
+    const int fd = fd_;
+    fd_ = -1;
+    if (close(fd) != 0) {
+      return ErrnoError(absl::StrCat("closing ", SideName(side_), " ", spec_), errno);
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace nbdcopy
