@@ -2,10 +2,14 @@
 
 #include <cerrno>
 
+#include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "nbd/wire.h"
 
 namespace nbd {
+
+constexpr char kNbdErrorPayloadUrl[] = "nbdring/nbd-error";
 
 int NbdErrorToErrno(uint32_t nbd_error) {
   switch (nbd_error) {
@@ -76,7 +80,18 @@ absl::Status NbdErrorToStatus(uint32_t nbd_error, absl::string_view context,
     absl::StrAppend(&message, " (", nbd_error, ", treated as NBD_EINVAL)");
   }
   if (!server_message.empty()) absl::StrAppend(&message, ": ", server_message);
-  return absl::Status(CodeFor(nbd_error), message);
+  absl::Status status(CodeFor(nbd_error), message);
+  // The exact value matters to the runtime (NBD_ESHUTDOWN asks for a soft disconnect), and
+  // several values share a status code.
+  status.SetPayload(kNbdErrorPayloadUrl, absl::Cord(absl::StrCat(nbd_error)));
+  return status;
+}
+
+std::optional<uint32_t> NbdErrorOf(const absl::Status& status) {
+  absl::optional<absl::Cord> payload = status.GetPayload(kNbdErrorPayloadUrl);
+  uint32_t value = 0;
+  if (!payload.has_value() || !absl::SimpleAtoi(std::string(*payload), &value)) return std::nullopt;
+  return value;
 }
 
 int StatusToErrno(const absl::Status& status) {

@@ -7,6 +7,7 @@
 #define NBDRING_NBD_ERRORS_H_
 
 #include <cstdint>
+#include <optional>
 #include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
@@ -25,6 +26,10 @@ const char* NbdErrorName(uint32_t nbd_error);
 // the error and includes `server_message` (from an error chunk) when there is one.
 absl::Status NbdErrorToStatus(uint32_t nbd_error, absl::string_view context,
                               absl::string_view server_message = {});
+
+// The NBD error value NbdErrorToStatus() attached to `status` (as a Status payload), or
+// nullopt when the status did not come from a server's error reply.
+std::optional<uint32_t> NbdErrorOf(const absl::Status& status);
 
 // The errno a completion callback in a C API would see for `status` (EIO when unsure).
 int StatusToErrno(const absl::Status& status);

@@ -3,7 +3,10 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include <sys/socket.h>
+
 #include "nbd/handshake.h"
+#include "nbd/request.h"
 #include "nbdring/client.h"
 #include "runtime/connection.h"
 #include "runtime/ring_thread.h"
@@ -386,11 +389,6 @@ void Client::Submit(Operation* operation) {
   operation->waited_for_slot_ = false;
   operation->first_error_ = Validate(*operation);
   if (operation->on_complete == nullptr) return;  // nothing to tell; Validate said why
-  if (operation->command == Command::kBlockStatus && !info_.extended_headers() &&
-      operation->length > UINT32_MAX) {
-    // A compact request cannot say more; the server describes a prefix, which is allowed.
-    operation->length = (uint64_t{1} << 32) - (uint64_t{1} << 16);
-  }
   if (impl_->closed.load(std::memory_order_acquire)) {
     // No ring runs any more: the only place left to complete is here.
     operation->on_complete(operation, absl::UnavailableError("the client is closed"));
@@ -515,8 +513,16 @@ absl::Status Client::BlockStatusSync(
 absl::StatusOr<ExportQuery> QueryExport(const ClientOptions& options) {
   auto address = ResolveAddress(options);
   if (!address.ok()) return address.status();
-  auto negotiated = OpenAndNegotiate(options, *address, nbd::HandshakeOptions::Goal::kInfo);
+  // NBD_OPT_GO rather than NBD_OPT_INFO: some servers (nbd-server 3.24) answer INFO with
+  // size 0, and oldstyle servers have no options at all. NBD_CMD_DISC then ends politely.
+  auto negotiated =
+      OpenAndNegotiate(options, *address, nbd::HandshakeOptions::Goal::kTransmission);
   if (!negotiated.ok()) return negotiated.status();
+  uint8_t disconnect[nbd::kExtendedRequestSize];
+  nbd::RequestHeader header;
+  header.command = Command::kDisc;
+  size_t size = nbd::EncodeRequest(header, negotiated->info.extended_headers(), disconnect);
+  [[maybe_unused]] ssize_t sent = send(negotiated->fd.get(), disconnect, size, MSG_NOSIGNAL);
   ExportQuery query;
   query.info = negotiated->info;
   if (!options.meta_contexts.empty() && options.structured_replies) {

@@ -8,6 +8,7 @@
 #include <ctime>
 
 #include "absl/strings/str_cat.h"
+#include "nbd/errors.h"
 #include "nbd/request.h"
 #include "runtime/counter.h"
 
@@ -221,8 +222,12 @@ uint64_t Connection::PartLimit(const Operation& operation) const {
     case nbd::Command::kWriteZeroes:
     case nbd::Command::kCache:
       return extended_headers_ ? UINT64_MAX : options_.max_effect_part;
+    case nbd::Command::kBlockStatus:
+      // Never split: a compact request says at most what 32 bits hold, and the server may
+      // describe a prefix of the range anyway.
+      return extended_headers_ ? UINT64_MAX : options_.max_effect_part;
     default:
-      return UINT64_MAX;  // FLUSH has no length; BLOCK_STATUS was clamped by the client
+      return UINT64_MAX;  // FLUSH has no length
   }
 }
 
@@ -311,7 +316,8 @@ void Connection::StageBatch() {
     ++operation->parts_outstanding_;
     operation->last_batch_ = batch_;
     operation->staged_bytes_ += part_length;
-    if (operation->staged_bytes_ >= operation->length) {
+    if (operation->staged_bytes_ >= operation->length ||
+        operation->command == nbd::Command::kBlockStatus) {
       operation->fully_staged_ = true;
       pending_.PopFront();
     }
@@ -426,8 +432,8 @@ void Connection::OnReceive(IoCompletion* completion) {
         self->table_.in_use(), " request(s) in flight")));
     return;
   }
-  Increment(self->counters_.bytes_read, static_cast<uint64_t>(result));
   if (was_direct) {
+    Increment(self->counters_.bytes_read, static_cast<uint64_t>(result));
     self->parser_.PayloadReceivedDirectly(static_cast<uint64_t>(result));
     self->ProcessInput({});
   } else {
@@ -458,11 +464,13 @@ void Connection::ProcessInput(absl::Span<const uint8_t> input) {
     }
     switch (event.kind) {
       case nbd::ReplyEvent::Kind::kReadData:
+        Increment(counters_.bytes_read, event.data.size());
         std::memcpy(static_cast<uint8_t*>(operation->buffer) + slot->part_offset +
                         event.buffer_offset,
                     event.data.data(), event.data.size());
         break;
       case nbd::ReplyEvent::Kind::kReadHole:
+        Increment(counters_.bytes_read, event.length);
         std::memset(static_cast<uint8_t*>(operation->buffer) + slot->part_offset +
                         event.buffer_offset,
                     0, event.length);
@@ -476,6 +484,10 @@ void Connection::ProcessInput(absl::Span<const uint8_t> input) {
         }
         break;
       case nbd::ReplyEvent::Kind::kDone:
+        if (!event.status.ok() && state_ == State::kOpen &&
+            nbd::NbdErrorOf(event.status) == nbd::kEShutdown) {
+          BeginSoftDisconnect(event.status);
+        }
         FinishSlot(event.cookie, slot, event.status);
         break;
       case nbd::ReplyEvent::Kind::kNone:
@@ -584,6 +596,19 @@ void Connection::Fail(absl::Status status) {
     ++kernel_operations_;
   }
   MaybeFinishDying();
+}
+
+void Connection::BeginSoftDisconnect(const absl::Status& reason) {
+  // proto.md: a client that receives NBD_ESHUTDOWN MUST initiate a soft disconnect. Requests
+  // already sent finish normally; queued ones are not sent; NBD_CMD_DISC goes out once idle.
+  state_ = State::kDisconnecting;
+  absl::Status not_sent = absl::UnavailableError(absl::StrCat(
+      options_.description, ": not sent, the server is shutting down (", reason.message(), ")"));
+  while (Operation* operation = pending_.PopFront()) {
+    operation->fully_staged_ = true;
+    ++operation->parts_outstanding_;
+    CompleteOperationPart(operation, not_sent, &counters_);
+  }
 }
 
 void Connection::Disconnect() {

@@ -118,6 +118,7 @@ class Connection : private nbd::RequestLookup {
   bool idle() const { return pending_.empty() && table_.in_use() == 0; }
   uint64_t outstanding_bytes() const { return outstanding_bytes_; }
   uint32_t in_flight() const { return table_.in_use(); }
+  bool send_in_flight() const { return send_in_flight_; }
   const absl::Status& failure() const { return failure_; }
   const ConnectionCounters& counters() const { return counters_; }
 
@@ -144,6 +145,7 @@ class Connection : private nbd::RequestLookup {
   void CompleteDeferredSlots();
   void MaybeFinishDying();
   void CompleteCancelled();
+  void BeginSoftDisconnect(const absl::Status& reason);
   bool ShouldReconnect() const;
   void StartReconnecting();
   void JoinReconnectThread();

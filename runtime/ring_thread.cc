@@ -195,6 +195,7 @@ bool RingThread::AllClosed() const {
 
 void RingThread::Loop() {
   int64_t next_timeout_check = 0;
+  unsigned reaped_last_turn = 1;
   while (true) {
     OperationQueue arrived = inbox_.TakeAll();
     while (Operation* operation = arrived.PopFront()) Dispatch(operation);
@@ -244,16 +245,23 @@ void RingThread::Loop() {
     unsigned wait_count = 1;
     if (batch_delay_ns_ > 0) {
       uint32_t in_flight = 0;
+      unsigned sends = 0;
       for (const std::unique_ptr<Connection>& connection : connections_) {
         in_flight += connection->in_flight();
+        sends += connection->send_in_flight() ? 1 : 0;
       }
-      if (in_flight >= batch_min_in_flight_) {
-        wait_count = static_cast<unsigned>(connections_.size()) + 1;
+      // After a window that ended empty, wait for the first completion instead: a second
+      // empty window would only add an io_uring_enter.
+      if (in_flight >= batch_min_in_flight_ && reaped_last_turn > 0) {
+        // Wait out the whole window: each connection yields at most one receive completion
+        // per turn (plus its send), so this count is never reached and only time ends the
+        // wait; replies meanwhile pile up in the socket and one recv takes them all.
+        wait_count = static_cast<unsigned>(connections_.size()) + sends + 1;
         if (wait_ns < 0 || wait_ns > batch_delay_ns_) wait_ns = batch_delay_ns_;
       }
     }
     ring_->SubmitAndWait(wait_count, wait_ns);
-    ring_->Reap();
+    reaped_last_turn = ring_->Reap();
   }
 }
 

@@ -18,7 +18,9 @@
 //    From a ring thread of this client they go straight to that ring; from other threads
 //    through a lock-free queue plus a wakeup of the ring.
 //  * Every callback runs on a ring thread, exactly once, after that ring has drained its
-//    completion queue (never from inside Submit). Callbacks must not block: a blocking call
+//    completion queue (never from inside Submit). The one exception: Submit after Close()
+//    has no ring left to run on, so it completes the request with UnavailableError on the
+//    calling thread before returning. Callbacks must not block: a blocking call
 //    (a *Sync method, Close) from a ring thread returns FailedPreconditionError.
 //  * Every request completes exactly once — with the server's answer, with an error naming
 //    what the server did wrong, or with UnavailableError when its connection died or the
@@ -224,7 +226,8 @@ class Client {
   std::unique_ptr<Impl> impl_;
 };
 
-// Negotiation-only helpers for tools such as nbd-info: connect, ask, NBD_OPT_ABORT.
+// Negotiation-only helpers for tools such as nbd-info. QueryExport negotiates like Connect
+// (NBD_OPT_GO) and ends with NBD_CMD_DISC; ListExports uses NBD_OPT_LIST and NBD_OPT_ABORT.
 struct ExportQuery {
   ExportInfo info;
   std::vector<std::string> available_meta_contexts;  // LIST_META_CONTEXT for the queries
