@@ -85,6 +85,11 @@ TempDir::~TempDir() {
 
 absl::StatusOr<pid_t> ServerProcess::Launch(const std::vector<std::string>& argv,
                                             const std::string& log_path) {
+  // Everything the child needs is prepared here: after fork() in a multi-threaded process
+  // the child may only call async-signal-safe functions (no allocation).
+  std::vector<char*> args;
+  for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
+  args.push_back(nullptr);
   pid_t pid = fork();
   if (pid < 0) return ErrnoStatus("fork");
   if (pid == 0) {
@@ -95,12 +100,8 @@ absl::StatusOr<pid_t> ServerProcess::Launch(const std::vector<std::string>& argv
       dup2(log, STDOUT_FILENO);
       dup2(log, STDERR_FILENO);
     }
-    std::vector<char*> args;
-    for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
-    args.push_back(nullptr);
     execvp(args[0], args.data());
-    std::fprintf(stderr, "exec %s: %s\n", args[0], std::strerror(errno));
-    _exit(127);
+    _exit(127);  // the parent reports the exit status and the log
   }
   return pid;
 }
@@ -188,28 +189,6 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::StartQemuNbd(
                                    "-k", socket};
   argv.insert(argv.end(), extra_args.begin(), extra_args.end());
   argv.push_back(file);
-  return Spawn(*std::move(dir), argv, socket, 0, absl::Seconds(20));
-}
-
-absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::StartNbdServer(
-    const std::string& file, const std::string& name) {
-  auto dir = TempDir::Create();
-  if (!dir.ok()) return dir.status();
-  std::string socket = (*dir)->File("nbd-server.sock");
-  std::string config = (*dir)->File("nbd-server.conf");
-  {
-    std::ofstream out(config);
-    // nbd-server needs a [generic] section; unixsock makes it listen on our socket only.
-    out << "[generic]\n"
-        << "    unixsock = " << socket << "\n"
-        << "    listenaddr = 127.0.0.1\n"
-        << "    port = 0\n"
-        << "    allowlist = true\n"
-        << "[" << name << "]\n"
-        << "    exportname = " << file << "\n";
-  }
-  // -d: stay in the foreground (it then serves one client at a time, forking per client).
-  std::vector<std::string> argv = {"nbd-server", "-C", config, "-d"};
   return Spawn(*std::move(dir), argv, socket, 0, absl::Seconds(20));
 }
 

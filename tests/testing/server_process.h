@@ -1,9 +1,11 @@
-// tests/testing/server_process.h — real NBD servers (nbdkit, qemu-nbd, nbd-server) started by
+// tests/testing/server_process.h — real NBD servers (nbdkit, qemu-nbd) started by
 // a test on a private Unix socket (or a 127.0.0.1 ephemeral port) and stopped when it ends.
 //
 // Sockets live in a short private directory under /tmp: Bazel's $TEST_TMPDIR is longer than
 // the 107 bytes a Unix socket path may have. Servers are started in the foreground as children
-// of the test, and Start() returns only once the server accepts connections.
+// of the test, and Start() returns only once the server accepts connections. (nbd-server
+// serves one client per process in the foreground, which a readiness probe would use up:
+// tests/runtime/test_support.h has a one-shot launcher for it.)
 #ifndef NBDRING_TESTS_TESTING_SERVER_PROCESS_H_
 #define NBDRING_TESTS_TESTING_SERVER_PROCESS_H_
 
@@ -44,9 +46,6 @@ class ServerProcess {
   static absl::StatusOr<std::unique_ptr<ServerProcess>> StartQemuNbd(
       const std::string& file, const std::string& format, int shared = 8,
       const std::vector<std::string>& extra_args = {});
-  // nbd-server with a generated config exporting `file` as export `name`.
-  static absl::StatusOr<std::unique_ptr<ServerProcess>> StartNbdServer(
-      const std::string& file, const std::string& name = "default");
 
   ~ServerProcess();  // SIGTERM, wait, then SIGKILL after a grace period
 
