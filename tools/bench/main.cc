@@ -1,0 +1,265 @@
+// nbd-bench: measures an NBD export through nbdring, or through libnbd for comparison.
+// See HelpText() in flags.cc for the command line; tools/bench/*.h for the pieces.
+//
+// Exit status: 0 success; 1 failure (connection, I/O error, verify mismatch, an export that
+// cannot take the workload); 2 usage error; 128+N when signal N ended the run (the results
+// measured until then are still printed).
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "nbdring/client.h"
+#include "tools/bench/embedded_server.h"
+#include "tools/bench/flags.h"
+#include "tools/bench/libnbd_engine.h"
+#include "tools/bench/nbdring_engine.h"
+#include "tools/bench/report.h"
+#include "tools/bench/run.h"
+
+namespace nbdbench {
+namespace {
+
+constexpr int kExitFailure = 1;
+constexpr int kExitUsage = 2;
+
+RunControl& Control() {
+  static RunControl* control = new RunControl();  // never destroyed: the signal thread uses it
+  return *control;
+}
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "nbd-bench: %s\n", std::string(status.message()).c_str());
+  return kExitFailure;
+}
+
+int UsageFailure(absl::string_view message) {
+  std::fprintf(stderr, "nbd-bench: %s\n", std::string(message).c_str());
+  return kExitUsage;
+}
+
+// SIGINT/SIGTERM are blocked in every thread (threads inherit the mask) and taken here with
+// sigwait, so no code runs in signal context. The first ends the run cleanly; a second one
+// quits at once (the embedded server follows through --exit-with-parent).
+void StartSignalThread() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::thread([signals] {
+    while (true) {
+      int signal_number = 0;
+      if (sigwait(&signals, &signal_number) != 0) continue;
+      if (Control().interrupted()) _exit(128 + signal_number);
+      Control().Interrupt(signal_number);
+      static constexpr char kMessage[] =
+          "\nnbd-bench: interrupted: finishing the run (interrupt again to quit at once)\n";
+      (void)!write(STDERR_FILENO, kMessage, sizeof(kMessage) - 1);
+    }
+  }).detach();
+}
+
+void Note(absl::string_view message) {
+  std::fprintf(stderr, "nbd-bench: %s\n", std::string(message).c_str());
+}
+
+// Checks the workload against what the export can take and fills in the region. Errors here
+// depend on the server, so they are failures (1), not usage errors.
+absl::StatusOr<RunSpec> MakeRunSpec(const BenchOptions& options, const nbd::ExportInfo& info,
+                                    const std::string& uri) {
+  RunSpec spec;
+  spec.uri = uri;
+  spec.rw = options.rw;
+  spec.read_percent = options.read_percent;
+  spec.block_size = options.block_size;
+  spec.iodepth = options.iodepth;
+  spec.connections = options.connections;
+  spec.threads = options.threads;
+  spec.ramp = options.ramp;
+  spec.runtime = options.runtime;
+  spec.size_limit = options.size_limit;
+  spec.verify = options.verify;
+  spec.cpus = options.cpus;
+  spec.live_status = !options.json && isatty(STDOUT_FILENO);
+
+  if (options.offset >= info.size) {
+    return absl::OutOfRangeError(absl::StrCat("--offset=", options.offset,
+                                              " is not inside the export (", info.size, " bytes)"));
+  }
+  spec.region_offset = options.offset;
+  spec.region_length = options.range != 0 ? options.range : info.size - options.offset;
+  if (spec.region_length > info.size - spec.region_offset) {
+    return absl::OutOfRangeError(
+        absl::StrCat("--offset=", spec.region_offset, " plus --range=", spec.region_length,
+                     " goes past the end of the export (", info.size, " bytes)"));
+  }
+  if (spec.block_size > spec.region_length) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--bs=", spec.block_size, " is larger than the region used (",
+                     spec.region_length, " bytes at offset ", spec.region_offset, ")"));
+  }
+  if (info.read_only() && (WritesData(spec.rw) || spec.verify)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the export is read-only, but ", spec.verify ? "--verify" : "--rw=",
+                     spec.verify ? "" : ReadWriteName(spec.rw), " writes to it"));
+  }
+  const nbd::BlockSizeConstraints& limits = info.block_size;
+  if (spec.block_size > limits.maximum) {
+    return absl::InvalidArgumentError(absl::StrCat("--bs=", spec.block_size,
+                                                   " is larger than the export's maximum "
+                                                   "request size (",
+                                                   limits.maximum, " bytes)"));
+  }
+  const uint64_t minimum = limits.minimum == 0 ? 1 : limits.minimum;
+  for (const auto& [name, value] : {std::pair<const char*, uint64_t>{"--bs", spec.block_size},
+                                    {"--offset", spec.region_offset},
+                                    {"--range", spec.region_length}}) {
+    if (value % minimum != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(name, "=", value,
+                                                     " is not a multiple of the export's "
+                                                     "minimum block size (",
+                                                     minimum, " bytes)"));
+    }
+  }
+  return spec;
+}
+
+absl::StatusOr<RunResult> RunEngine(EngineKind engine, const RunSpec& spec) {
+  return engine == EngineKind::kNbdring ? RunNbdring(spec, Control()) : RunLibnbd(spec, Control());
+}
+
+int Main(const std::vector<std::string>& arguments) {
+  StartSignalThread();
+  // A server that goes away must show up as an I/O error with a message, not kill us.
+  signal(SIGPIPE, SIG_IGN);
+  absl::StatusOr<BenchOptions> parsed = ParseCommandLine(arguments);
+  if (!parsed.ok()) return UsageFailure(parsed.status().message());
+  const BenchOptions& options = *parsed;
+  if (options.help) {
+    std::fputs(HelpText().c_str(), stdout);
+    return 0;
+  }
+  const bool chatty = isatty(STDERR_FILENO);
+
+  std::unique_ptr<EmbeddedServer> server;
+  std::string uri = options.uri;
+  if (uri.empty()) {
+    absl::StatusOr<std::unique_ptr<EmbeddedServer>> started =
+        EmbeddedServer::Start({"memory", "1G"});
+    if (!started.ok()) return Fail(started.status());
+    server = *std::move(started);
+    uri = server->uri();
+  }
+  const std::string target = server ? absl::StrCat(server->description(), " at ", uri) : uri;
+
+  nbdring::ClientOptions query_options;
+  query_options.uri = uri;
+  absl::StatusOr<nbdring::ExportQuery> query = nbdring::QueryExport(query_options);
+  if (!query.ok()) {
+    return Fail(absl::Status(query.status().code(),
+                             absl::StrCat("cannot use ", uri, ": ", query.status().message())));
+  }
+  absl::StatusOr<RunSpec> made = MakeRunSpec(options, query->info, uri);
+  if (!made.ok()) return Fail(made.status());
+  const RunSpec& spec = *made;
+
+  // Pinned only now, so the embedded server is not; every thread started from here on
+  // inherits the set, and each I/O thread then takes one CPU of it.
+  if (!spec.cpus.empty()) {
+    if (absl::Status pinned = PinCurrentThread(spec.cpus); !pinned.ok()) {
+      return UsageFailure(absl::StrCat("--cpus: ", pinned.message()));
+    }
+  }
+
+  bool prefill = spec.verify || (ReadsData(spec.rw) && (server != nullptr || options.prefill));
+  if (prefill && query->info.read_only()) {
+    Note("the export is read-only: reading it as it is, without writing the pattern first");
+    prefill = false;
+  }
+  if (prefill) {
+    if (chatty) {
+      Note(absl::StrCat("writing the pattern over ", spec.region_length >> 20, " MiB at offset ",
+                        spec.region_offset, " before the run"));
+    }
+    absl::Status written =
+        WritePattern(uri, spec.region_offset, spec.region_length, spec.connections, Control());
+    if (Control().interrupted()) return 128 + Control().interrupt_signal();
+    if (!written.ok()) return Fail(written);
+  }
+
+  std::vector<EngineKind> order;
+  if (options.compare) {
+    for (int round = 0; round < options.rounds; ++round) {
+      order.push_back(EngineKind::kNbdring);
+      order.push_back(EngineKind::kLibnbd);
+    }
+  } else {
+    order.push_back(options.engine);
+  }
+
+  if (!options.json) {
+    std::printf("%s\n%s\n", WorkloadLine(spec, target).c_str(), TableHeader().c_str());
+    std::fflush(stdout);
+  }
+  std::vector<RunResult> results;
+  std::set<std::string> notes_shown;
+  for (size_t i = 0; i < order.size() && !Control().interrupted(); ++i) {
+    absl::StatusOr<RunResult> result = RunEngine(order[i], spec);
+    if (!result.ok()) return Fail(result.status());
+    for (const std::string& note : result->notes) {
+      if (notes_shown.insert(note).second) Note(note);
+    }
+    if (!options.json) {
+      const std::string label = options.compare
+                                    ? absl::StrCat("#", i / 2 + 1, " ", EngineName(order[i]))
+                                    : EngineName(order[i]);
+      std::printf("%s\n", TableRow(label, *result).c_str());
+      std::fflush(stdout);
+    }
+    results.push_back(*std::move(result));
+    if (spec.verify && !Control().interrupted()) {
+      absl::Status checked =
+          CheckPattern(uri, spec.region_offset, spec.region_length, spec.connections, Control());
+      if (!checked.ok() && !Control().interrupted()) return Fail(checked);
+      if (checked.ok() && chatty) {
+        Note(absl::StrCat("verify: read back ", spec.region_length, " bytes at offset ",
+                          spec.region_offset, ": every byte matches"));
+      }
+    }
+  }
+
+  std::vector<CompareRound> rounds;
+  for (size_t i = 0; options.compare && i + 1 < results.size(); i += 2) {
+    rounds.push_back(CompareRound{results[i], results[i + 1]});
+  }
+  if (options.json) {
+    if (options.compare) {
+      const nlohmann::ordered_json json = CompareJson(rounds);
+      std::printf("%s\n", json.dump(2).c_str());
+    } else if (!results.empty()) {
+      std::printf("%s\n", RunJson(results.front()).dump(2).c_str());
+    }
+  } else if (options.compare && !rounds.empty()) {
+    std::printf("%s\n", CompareSummary(rounds).c_str());
+  }
+  std::fflush(stdout);
+  if (Control().interrupted()) return 128 + Control().interrupt_signal();
+  return 0;
+}
+
+}  // namespace
+}  // namespace nbdbench
+
+int main(int argc, char** argv) {
+  std::vector<std::string> arguments(argv + 1, argv + argc);
+  return nbdbench::Main(arguments);
+}

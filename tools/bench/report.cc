@@ -1,0 +1,146 @@
+#include "tools/bench/report.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace nbdbench {
+namespace {
+
+double Micros(uint64_t nanos) { return static_cast<double>(nanos) / 1000.0; }
+
+struct Percentile {
+  const char* json_key;
+  const char* column;
+  double percent;
+};
+constexpr Percentile kPercentiles[] = {
+    {"p50", "p50", 50}, {"p90", "p90", 90}, {"p99", "p99", 99}, {"p999", "p99.9", 99.9}};
+
+}  // namespace
+
+double Median(std::vector<double> values) {
+  if (values.empty()) return 0;
+  std::sort(values.begin(), values.end());
+  const size_t middle = values.size() / 2;
+  if (values.size() % 2 == 1) return values[middle];
+  return (values[middle - 1] + values[middle]) / 2;
+}
+
+MedianRatios ComputeMedianRatios(const std::vector<CompareRound>& rounds) {
+  std::vector<double> iops;
+  std::vector<double> cpu;
+  for (const CompareRound& round : rounds) {
+    if (round.libnbd.iops() > 0) iops.push_back(round.nbdring.iops() / round.libnbd.iops());
+    if (round.libnbd.cpu_us_per_io() > 0) {
+      cpu.push_back(round.nbdring.cpu_us_per_io() / round.libnbd.cpu_us_per_io());
+    }
+  }
+  return MedianRatios{Median(std::move(iops)), Median(std::move(cpu))};
+}
+
+nlohmann::ordered_json RunJson(const RunResult& result) {
+  nlohmann::ordered_json json;
+  json["engine"] = EngineName(result.engine);
+  json["rw"] = ReadWriteName(result.rw);
+  json["bs"] = result.block_size;
+  json["iodepth"] = result.iodepth;
+  json["connections"] = result.connections;
+  json["threads"] = result.threads;
+  json["ios"] = result.ios;
+  json["seconds"] = result.seconds;
+  json["iops"] = result.iops();
+  json["mib_per_s"] = result.mib_per_s();
+  nlohmann::ordered_json latency;
+  for (const Percentile& percentile : kPercentiles) {
+    latency[percentile.json_key] = Micros(result.latency.Percentile(percentile.percent));
+  }
+  latency["max"] = Micros(result.latency.max());
+  json["lat_us"] = latency;
+  json["cpu_us_per_io"] = result.cpu_us_per_io();
+  json["cpu_percent"] = result.cpu_percent();
+  if (result.enters && result.ios > 0) {
+    json["enters_per_io"] = static_cast<double>(*result.enters) / static_cast<double>(result.ios);
+  } else {
+    json["enters_per_io"] = nullptr;
+  }
+  if (result.enters && result.sqes && *result.enters > 0) {
+    json["sqes_per_enter"] =
+        static_cast<double>(*result.sqes) / static_cast<double>(*result.enters);
+  } else {
+    json["sqes_per_enter"] = nullptr;
+  }
+  if (result.interrupted) json["interrupted"] = true;
+  if (!result.notes.empty()) json["notes"] = result.notes;
+  return json;
+}
+
+nlohmann::ordered_json CompareJson(const std::vector<CompareRound>& rounds) {
+  nlohmann::ordered_json json;
+  json["rounds"] = nlohmann::ordered_json::array();
+  for (const CompareRound& round : rounds) {
+    nlohmann::ordered_json entry;
+    entry["nbdring"] = RunJson(round.nbdring);
+    entry["libnbd"] = RunJson(round.libnbd);
+    json["rounds"].push_back(std::move(entry));
+  }
+  const MedianRatios ratios = ComputeMedianRatios(rounds);
+  json["median_ratio"] = {{"iops", ratios.iops}, {"cpu_us_per_io", ratios.cpu_us_per_io}};
+  return json;
+}
+
+std::string WorkloadLine(const RunSpec& spec, absl::string_view target) {
+  std::string line =
+      absl::StrFormat("%s bs=%d iodepth=%d connections=%d threads=%d", ReadWriteName(spec.rw),
+                      spec.block_size, spec.iodepth, spec.connections, spec.threads);
+  if (spec.rw == ReadWrite::kRandRw) absl::StrAppend(&line, " rwmixread=", spec.read_percent);
+  if (spec.runtime > absl::ZeroDuration()) {
+    absl::StrAppend(&line, " runtime=", absl::FormatDuration(spec.runtime));
+  }
+  if (spec.size_limit != 0) absl::StrAppend(&line, " size=", spec.size_limit);
+  absl::StrAppend(&line, " ramp=", absl::FormatDuration(spec.ramp),
+                  absl::StrFormat(" region=%d+%d", spec.region_offset, spec.region_length));
+  if (spec.verify) absl::StrAppend(&line, " verify");
+  absl::StrAppend(&line, "  ", target);
+  return line;
+}
+
+std::string TableHeader() {
+  std::string header = absl::StrFormat("%-18s %10s %9s", "engine", "IOPS", "MiB/s");
+  for (const Percentile& percentile : kPercentiles) {
+    // One more than the data columns: "µ" is two bytes of UTF-8 but one column on screen.
+    absl::StrAppendFormat(&header, " %9s", absl::StrCat(percentile.column, "µs"));
+  }
+  absl::StrAppendFormat(&header, " %10s %6s %10s %9s %10s", "maxµs", "CPU%", "CPUµs/IO",
+                        "enters/IO", "SQEs/enter");
+  return header;
+}
+
+std::string TableRow(absl::string_view label, const RunResult& result) {
+  std::string row = absl::StrFormat("%-18s %10.0f %9.1f", label, result.iops(), result.mib_per_s());
+  for (const Percentile& percentile : kPercentiles) {
+    absl::StrAppendFormat(&row, " %8.1f", Micros(result.latency.Percentile(percentile.percent)));
+  }
+  absl::StrAppendFormat(&row, " %9.1f %6.1f %9.2f", Micros(result.latency.max()),
+                        result.cpu_percent(), result.cpu_us_per_io());
+  if (result.enters && result.sqes && result.ios > 0) {
+    absl::StrAppendFormat(
+        &row, " %9.3f %10.2f",
+        static_cast<double>(*result.enters) / static_cast<double>(result.ios),
+        *result.enters > 0 ? static_cast<double>(*result.sqes) / static_cast<double>(*result.enters)
+                           : 0.0);
+  } else {
+    absl::StrAppendFormat(&row, " %9s %10s", "-", "-");
+  }
+  if (result.interrupted) absl::StrAppend(&row, "  (interrupted)");
+  return row;
+}
+
+std::string CompareSummary(const std::vector<CompareRound>& rounds) {
+  const MedianRatios ratios = ComputeMedianRatios(rounds);
+  return absl::StrFormat("median over %d rounds, nbdring/libnbd: IOPS x%.3f, CPU-µs/IO x%.3f",
+                         rounds.size(), ratios.iops, ratios.cpu_us_per_io);
+}
+
+}  // namespace nbdbench
