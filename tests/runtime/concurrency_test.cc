@@ -1,0 +1,457 @@
+// Concurrency: several connections over several ring threads fed by several submitting
+// threads; replies that come back in a different order than the requests went out; the
+// in-flight limit's backpressure queue; requests above 32 MiB (and above 4 GiB) that must be
+// split and still complete exactly once. Meant to run under --config=asan and --config=tsan.
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <future>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "gtest/gtest.h"
+#include "nbdring/client.h"
+#include "tests/runtime/test_support.h"
+#include "tests/testing/server_process.h"
+
+namespace nbdring::testing {
+namespace {
+
+using ::nbd::testing::ServerProcess;
+
+// One submitting thread's share of the export: the first half is filled before the threads
+// start and is only read; the second half is only written, each byte once. So no two requests
+// in flight ever overlap, and every read knows what it must return.
+struct Region {
+  uint64_t base = 0;
+  uint64_t size = 0;
+  std::vector<uint8_t> initial;  // the first half's contents
+  std::vector<uint8_t> written;  // what the second half must hold afterwards
+  std::vector<uint8_t> read;     // where the reads of the first half land
+};
+
+// A caller-owned Operation that counts its completions. Build with Request::Make.
+struct Request {
+  Operation operation;
+  std::atomic<int> calls{0};
+  absl::Status status;  // written before `counter` hears of it, read after
+  CompletionCounter* counter = nullptr;
+
+  static std::unique_ptr<Request> Make(Operation operation, CompletionCounter* counter) {
+    auto request = std::make_unique<Request>();
+    request->operation = operation;
+    request->operation.on_complete = &Request::OnComplete;
+    request->operation.user_data = request.get();
+    request->counter = counter;
+    return request;
+  }
+  static void OnComplete(Operation* operation, const absl::Status& status) {
+    auto* request = static_cast<Request*>(operation->user_data);
+    request->status = UnsharedCopy(status);
+    request->calls.fetch_add(1, std::memory_order_acq_rel);
+    request->counter->Done(status);
+  }
+};
+
+TEST(ConcurrencyTest, FourSubmittersFourConnectionsTwoRings) {
+  constexpr int kSubmitters = 4;
+  constexpr uint64_t kRegionSize = 16 * kMiB;
+  ASSERT_OK_AND_ASSIGN(auto server, ServerProcess::StartNbdkit({"memory", "64M"}));
+  ClientOptions options;
+  options.connections = 4;
+  options.threads = 2;
+  options.inflight_limit = 32;
+  ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri(), options));
+  ASSERT_EQ(client->connections(), 4);
+  ASSERT_EQ(client->threads(), 2);
+
+  std::vector<Region> regions(kSubmitters);
+  for (int i = 0; i < kSubmitters; ++i) {
+    Region& region = regions[i];
+    region.base = i * kRegionSize;
+    region.size = kRegionSize;
+    region.initial = RandomBytes(kRegionSize / 2, 100 + i);
+    region.written = RandomBytes(kRegionSize / 2, 200 + i);
+    region.read.assign(kRegionSize / 2, 0);
+    ASSERT_OK(client->PwriteSync(region.initial.data(), region.initial.size(), region.base));
+  }
+  const uint64_t requests_before = client->stats().requests;
+
+  // Each thread cuts both halves into pieces of 512 B to 16 KiB and interleaves reads of the
+  // first half with writes of the second, half through the Operation API (writes) and half
+  // through the callback API (reads).
+  std::vector<std::vector<std::unique_ptr<Request>>> writes(kSubmitters);
+  std::vector<std::unique_ptr<std::atomic<int>[]>> read_calls(kSubmitters);
+  std::vector<size_t> read_counts(kSubmitters, 0);
+  CompletionCounter completions;
+  std::atomic<uint64_t> issued{0};
+  std::vector<std::thread> submitters;
+  for (int i = 0; i < kSubmitters; ++i) {
+    submitters.emplace_back([&, i] {
+      Region& region = regions[i];
+      std::mt19937_64 generator(300 + i);
+      std::uniform_int_distribution<uint64_t> sectors(1, 32);
+      std::vector<std::pair<uint64_t, uint64_t>> read_ranges, write_ranges;
+      for (uint64_t offset = 0; offset < region.size / 2;) {
+        uint64_t length = std::min(sectors(generator) * 512, region.size / 2 - offset);
+        read_ranges.emplace_back(offset, length);
+        offset += length;
+      }
+      for (uint64_t offset = 0; offset < region.size / 2;) {
+        uint64_t length = std::min(sectors(generator) * 512, region.size / 2 - offset);
+        write_ranges.emplace_back(offset, length);
+        offset += length;
+      }
+      std::shuffle(read_ranges.begin(), read_ranges.end(), generator);
+      std::shuffle(write_ranges.begin(), write_ranges.end(), generator);
+      read_counts[i] = read_ranges.size();
+      read_calls[i].reset(new std::atomic<int>[read_ranges.size()]);
+      for (size_t r = 0; r < read_ranges.size(); ++r) read_calls[i][r] = 0;
+      writes[i].reserve(write_ranges.size());
+      for (const auto& [offset, length] : write_ranges) {
+        writes[i].push_back(Request::Make(
+            MakeOperation(Command::kWrite, region.base + region.size / 2 + offset, length,
+                          region.written.data() + offset),
+            &completions));
+      }
+      size_t next_read = 0, next_write = 0;
+      while (next_read < read_ranges.size() || next_write < write_ranges.size()) {
+        if (next_read < read_ranges.size()) {
+          auto [offset, length] = read_ranges[next_read];
+          std::atomic<int>* calls = &read_calls[i][next_read];
+          client->Pread(region.read.data() + offset, length, region.base + offset,
+                        [calls, &completions](absl::Status status) {
+                          calls->fetch_add(1, std::memory_order_acq_rel);
+                          completions.Done(status);
+                        });
+          ++next_read;
+          issued.fetch_add(1);
+        }
+        if (next_write < write_ranges.size()) {
+          client->Submit(&writes[i][next_write]->operation);
+          ++next_write;
+          issued.fetch_add(1);
+        }
+      }
+    });
+  }
+  for (std::thread& submitter : submitters) submitter.join();
+  const uint64_t total = issued.load();
+  EXPECT_GT(total, 4000u);
+  ASSERT_TRUE(completions.WaitFor(total, absl::Seconds(120)))
+      << completions.completed() << " of " << total << " completed";
+  EXPECT_OK(completions.first_error());
+  ASSERT_OK(client->FlushSync());
+
+  for (int i = 0; i < kSubmitters; ++i) {
+    SCOPED_TRACE(absl::StrCat("submitter ", i));
+    EXPECT_EQ(DescribeDifference(regions[i].initial, regions[i].read), "");
+    std::vector<uint8_t> back(kRegionSize / 2);
+    ASSERT_OK(client->PreadSync(back.data(), back.size(), regions[i].base + kRegionSize / 2));
+    EXPECT_EQ(DescribeDifference(regions[i].written, back), "");
+  }
+  ASSERT_OK(client->Close());
+  // After Close nothing is pending: every callback ran exactly once.
+  EXPECT_EQ(completions.completed(), total);
+  for (int i = 0; i < kSubmitters; ++i) {
+    for (const auto& request : writes[i]) {
+      ASSERT_EQ(request->calls.load(), 1) << "write at " << request->operation.offset;
+    }
+    for (size_t r = 0; r < read_counts[i]; ++r) {
+      ASSERT_EQ(read_calls[i][r].load(), 1) << "read " << r << " of submitter " << i;
+    }
+  }
+  // A FlushSync and the PreadSyncs above count too.
+  EXPECT_EQ(client->stats().requests - requests_before, total + 1 + kSubmitters);
+}
+
+TEST(ConcurrencyTest, RepliesInAnotherOrderReachTheirOwnRequests) {
+  // Reads of block k sleep (7 - k % 8) tenths of a second and return 4 KiB of the byte
+  // k % 250 + 1: eight reads sent in order 0..7 are answered roughly in order 7..0.
+  ASSERT_OK_AND_ASSIGN(
+      auto server,
+      ServerProcess::StartNbdkit(
+          {"eval", "thread_model=echo parallel", "get_size=echo 1M",
+           "pread=k=$(($4 / 4096)); sleep 0.$((7 - k % 8)); "
+           "head -c $3 /dev/zero | tr '\\0' \"\\\\$(printf %03o $((k % 250 + 1)))\""}));
+  ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri()));
+  ASSERT_TRUE(client->export_info().read_only());
+
+  constexpr int kReads = 8;
+  std::vector<std::vector<uint8_t>> buffers(kReads, std::vector<uint8_t>(4096, 0));
+  std::mutex order_mutex;
+  std::vector<int> completion_order;
+  CompletionCounter done;
+  for (int k = 0; k < kReads; ++k) {
+    client->Pread(buffers[k].data(), 4096, k * 4096, [&, k](absl::Status status) {
+      {
+        std::lock_guard<std::mutex> lock(order_mutex);
+        completion_order.push_back(k);
+      }
+      done.Done(status);
+    });
+  }
+  ASSERT_TRUE(done.WaitFor(kReads));
+  EXPECT_OK(done.first_error());
+  for (int k = 0; k < kReads; ++k) {
+    EXPECT_EQ(DescribeDifference(std::vector<uint8_t>(4096, static_cast<uint8_t>(k + 1)),
+                                 buffers[k]),
+              "")
+        << "read " << k;
+  }
+  std::lock_guard<std::mutex> lock(order_mutex);
+  ASSERT_EQ(completion_order.size(), static_cast<size_t>(kReads));
+  // The 0.7 s read sent first must finish after the 0 s read sent last.
+  auto position = [&](int k) {
+    return std::find(completion_order.begin(), completion_order.end(), k) -
+           completion_order.begin();
+  };
+  EXPECT_GT(position(0), position(7)) << "completion order: "
+                                      << absl::StrJoin(completion_order, ",");
+}
+
+TEST(ConcurrencyTest, InflightLimitQueuesTheRestAndEverythingCompletes) {
+  ASSERT_OK_AND_ASSIGN(auto server, ServerProcess::StartNbdkit({"memory", "16M"}));
+  ClientOptions options;
+  options.inflight_limit = 2;
+  ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri(), options));
+
+  constexpr int kRequests = 200;
+  std::vector<uint8_t> data = RandomBytes(kRequests * 8 * kKiB, 41);
+  std::vector<std::unique_ptr<Request>> requests;
+  CompletionCounter completions;
+  for (int i = 0; i < kRequests; ++i) {
+    requests.push_back(Request::Make(
+        MakeOperation(Command::kWrite, i * 8 * kKiB, 8 * kKiB, data.data() + i * 8 * kKiB),
+        &completions));
+  }
+  // All 200 from this thread in one burst: at most 2 can be in flight.
+  for (auto& request : requests) client->Submit(&request->operation);
+  ASSERT_TRUE(completions.WaitFor(kRequests));
+  EXPECT_OK(completions.first_error());
+  for (const auto& request : requests) EXPECT_EQ(request->calls.load(), 1);
+  EXPECT_GT(client->stats().queue_full_waits, 0u);
+
+  std::vector<uint8_t> read(data.size());
+  ASSERT_OK(client->PreadSync(read.data(), read.size(), 0));
+  EXPECT_EQ(DescribeDifference(data, read), "");
+}
+
+TEST(ConcurrencyTest, RequestsAbove32MiBAreSplitAndCompleteOnce) {
+  ASSERT_OK_AND_ASSIGN(auto server, ServerProcess::StartNbdkit({"memory", "96M"}));
+  ClientOptions options;
+  options.connections = 2;
+  options.threads = 2;
+  ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri(), options));
+
+  const uint64_t length = 40 * kMiB + 4097;
+  const uint64_t offset = 3 * kMiB + 1;
+  std::vector<uint8_t> data = RandomBytes(length, 42);
+  ClientStats before = client->stats();
+  CompletionCounter completions;
+  auto write = Request::Make(MakeOperation(Command::kWrite, offset, length, data.data()),
+                             &completions);
+  client->Submit(&write->operation);
+  ASSERT_TRUE(completions.WaitFor(1));
+  EXPECT_OK(write->status);
+  ClientStats after_write = client->stats();
+  EXPECT_EQ(after_write.requests - before.requests, 1u);
+  EXPECT_GE(after_write.wire_requests - before.wire_requests, 2u);
+  EXPECT_EQ(after_write.bytes_written - before.bytes_written, length);
+
+  std::vector<uint8_t> read(length, 0);
+  auto read_request = Request::Make(MakeOperation(Command::kRead, offset, length, read.data()),
+                                    &completions);
+  client->Submit(&read_request->operation);
+  ASSERT_TRUE(completions.WaitFor(2));
+  EXPECT_OK(read_request->status);
+  EXPECT_EQ(DescribeDifference(data, read), "");
+  ClientStats after_read = client->stats();
+  EXPECT_EQ(after_read.requests - after_write.requests, 1u);
+  EXPECT_GE(after_read.wire_requests - after_write.wire_requests, 2u);
+
+  // Zeroing carries no payload, so the 32 MiB limit does not apply; it must still cover the
+  // data written above.
+  ASSERT_OK(client->WriteZeroesSync(48 * kMiB, 0));
+  ASSERT_OK(client->PreadSync(read.data(), 8 * kMiB, 40 * kMiB));
+  EXPECT_EQ(DescribeDifference(std::vector<uint8_t>(8 * kMiB, 0),
+                               absl::MakeSpan(read).subspan(0, 8 * kMiB)),
+            "");
+  ASSERT_OK(client->Close());
+  EXPECT_EQ(write->calls.load(), 1);
+  EXPECT_EQ(read_request->calls.load(), 1);
+}
+
+TEST(ConcurrencyTest, LengthsAbove4GiBAreSplitForThe32BitLengthField) {
+  // The memory plugin is sparse: a 6 GiB export costs nothing until written.
+  ASSERT_OK_AND_ASSIGN(auto server, ServerProcess::StartNbdkit({"memory", "6G"}));
+  ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri()));
+  ASSERT_EQ(client->size(), 6ull << 30);
+  std::vector<uint8_t> data = RandomBytes(64 * kKiB, 43);
+  const uint64_t far = (5ull << 30) + 12345;
+  ASSERT_OK(client->PwriteSync(data.data(), data.size(), far));
+  uint64_t sent_before = client->stats().wire_requests;
+  // 5 GiB does not fit a compact request's 32-bit length: at least two requests.
+  ASSERT_OK(client->TrimSync(5ull << 30, 0));
+  EXPECT_GE(client->stats().wire_requests - sent_before, 2u);
+  ASSERT_OK(client->WriteZeroesSync(5ull << 30, kMiB));
+  std::vector<uint8_t> read(data.size());
+  ASSERT_OK(client->PreadSync(read.data(), read.size(), far));
+  EXPECT_EQ(DescribeDifference(std::vector<uint8_t>(data.size(), 0), read), "")
+      << "the zeroed range covers the data written at 5 GiB";
+}
+
+TEST(ConcurrencyTest, BlockingCallsFromACallbackAreRefused) {
+  ASSERT_OK_AND_ASSIGN(auto server, ServerProcess::StartNbdkit({"memory", "1M"}));
+  ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri()));
+  std::vector<uint8_t> buffer(4096);
+  std::promise<std::pair<absl::Status, absl::Status>> inner;
+  Client* raw = client.get();
+  client->Pread(buffer.data(), buffer.size(), 0, [&](absl::Status status) {
+    EXPECT_OK(status);
+    // Both would wait for this very ring thread: they must fail instead of deadlocking.
+    absl::Status sync = raw->PreadSync(buffer.data(), buffer.size(), 0);
+    absl::Status close = raw->Close();
+    inner.set_value({UnsharedCopy(sync), UnsharedCopy(close)});
+  });
+  std::future<std::pair<absl::Status, absl::Status>> result = inner.get_future();
+  ASSERT_EQ(result.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  auto [sync, close] = result.get();
+  EXPECT_EQ(sync.code(), absl::StatusCode::kFailedPrecondition) << sync;
+  EXPECT_EQ(close.code(), absl::StatusCode::kFailedPrecondition) << close;
+  // The client is still usable from an ordinary thread.
+  ASSERT_OK(client->PreadSync(buffer.data(), buffer.size(), 0));
+}
+
+TEST(ConcurrencyTest, CloseWhileOtherThreadsSubmitCompletesEverythingOnce) {
+  ASSERT_OK_AND_ASSIGN(auto server, ServerProcess::StartNbdkit({"memory", "16M"}));
+  ClientOptions options;
+  options.connections = 2;
+  options.threads = 2;
+  ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri(), options));
+
+  constexpr int kThreads = 4;
+  constexpr int kPerThread = 3000;
+  constexpr uint64_t kReadSize = 512;
+  // One buffer slice per request: two rings must never write the same bytes.
+  std::vector<std::vector<uint8_t>> buffers(kThreads,
+                                            std::vector<uint8_t>(kPerThread * kReadSize));
+  std::vector<std::unique_ptr<std::atomic<int>[]>> calls(kThreads);
+  for (auto& per_thread : calls) {
+    per_thread.reset(new std::atomic<int>[kPerThread]);
+    for (int i = 0; i < kPerThread; ++i) per_thread[i] = 0;
+  }
+  std::atomic<uint64_t> unexpected{0};
+  CompletionCounter completions;
+  std::atomic<bool> go{false};
+  std::vector<std::thread> submitters;
+  for (int t = 0; t < kThreads; ++t) {
+    submitters.emplace_back([&, t] {
+      while (!go.load()) std::this_thread::yield();
+      for (int i = 0; i < kPerThread; ++i) {
+        std::atomic<int>* counter = &calls[t][i];
+        client->Pread(buffers[t].data() + i * kReadSize, kReadSize, (i % 4096) * 4096,
+                      [counter, &completions, &unexpected](absl::Status status) {
+                        if (!status.ok() && status.code() != absl::StatusCode::kUnavailable) {
+                          unexpected.fetch_add(1);
+                        }
+                        counter->fetch_add(1);
+                        completions.Done(status);
+                      });
+      }
+    });
+  }
+  go.store(true);
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_OK(client->Close());
+  for (std::thread& submitter : submitters) submitter.join();
+  ASSERT_TRUE(completions.WaitFor(kThreads * kPerThread))
+      << completions.completed() << " of " << kThreads * kPerThread << " completed";
+  EXPECT_EQ(unexpected.load(), 0u) << "only OK or UNAVAILABLE are expected";
+  for (int t = 0; t < kThreads; ++t) {
+    for (int i = 0; i < kPerThread; ++i) {
+      ASSERT_EQ(calls[t][i].load(), 1) << "thread " << t << " request " << i;
+    }
+  }
+  // A request after Close fails at once, still exactly once.
+  StatusWaiter late;
+  client->Pread(buffers[0].data(), kReadSize, 0, late.Callback());
+  EXPECT_EQ(late.Wait().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(late.calls(), 1);
+}
+
+TEST(ConcurrencyTest, DestroyingTheClientRunsEveryPendingCallback) {
+  ASSERT_OK_AND_ASSIGN(auto server, ServerProcess::StartNbdkit({"memory", "16M"}));
+  ClientOptions options;
+  options.inflight_limit = 4;
+  ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri(), options));
+  constexpr int kRequests = 500;
+  std::vector<uint8_t> data = RandomBytes(kRequests * 4096, 44);
+  std::atomic<int> ok{0}, failed{0};
+  for (int i = 0; i < kRequests; ++i) {
+    client->Pwrite(data.data() + i * 4096, 4096, i * 4096, [&](absl::Status status) {
+      (status.ok() ? ok : failed).fetch_add(1);
+    });
+  }
+  client.reset();  // "Drains every request": the destructor returns after every callback ran.
+  EXPECT_EQ(ok.load() + failed.load(), kRequests);
+  EXPECT_EQ(failed.load(), 0) << "draining means completing, not cancelling";
+
+  ASSERT_OK_AND_ASSIGN(auto reader, ConnectTo(server->uri()));
+  std::vector<uint8_t> read(data.size());
+  ASSERT_OK(reader->PreadSync(read.data(), read.size(), 0));
+  EXPECT_EQ(DescribeDifference(data, read), "");
+}
+
+TEST(ConcurrencyTest, RequestTimeoutFailsTheRequestAndItsConnection) {
+  // Reads take 3 s; the client gives up after 300 ms.
+  ASSERT_OK_AND_ASSIGN(auto server, ServerProcess::StartNbdkit(
+                                        {"--filter=delay", "memory", "1M", "rdelay=3000ms"}));
+  ClientOptions options;
+  options.request_timeout = absl::Milliseconds(300);
+  ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri(), options));
+  std::vector<uint8_t> buffer(4096);
+  absl::Time start = absl::Now();
+  absl::Status timed_out = client->PreadSync(buffer.data(), buffer.size(), 0);
+  absl::Duration waited = absl::Now() - start;
+  EXPECT_EQ(timed_out.code(), absl::StatusCode::kDeadlineExceeded) << timed_out;
+  EXPECT_LT(waited, absl::Seconds(2)) << "the timeout did not fire before the server answered";
+  EXPECT_GE(waited, absl::Milliseconds(250));
+  // Its connection was closed: the next request fails instead of hanging.
+  absl::Status after = client->PreadSync(buffer.data(), buffer.size(), 0);
+  EXPECT_EQ(after.code(), absl::StatusCode::kUnavailable) << after;
+}
+
+TEST(ConcurrencyTest, ServerDeathCompletesEveryInFlightRequestWithUnavailable) {
+  ASSERT_OK_AND_ASSIGN(auto server, ServerProcess::StartNbdkit(
+                                        {"--filter=delay", "memory", "1M", "rdelay=5000ms"}));
+  ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri()));
+  constexpr int kReads = 10;
+  std::vector<std::vector<uint8_t>> buffers(kReads, std::vector<uint8_t>(4096));
+  std::vector<std::unique_ptr<StatusWaiter>> waiters;
+  for (int i = 0; i < kReads; ++i) {
+    waiters.push_back(std::make_unique<StatusWaiter>());
+    client->Pread(buffers[i].data(), 4096, i * 4096, waiters.back()->Callback());
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  server->Kill(SIGKILL);
+  ASSERT_OK(server->Wait());
+  for (int i = 0; i < kReads; ++i) {
+    absl::Status status = waiters[i]->Wait(absl::Seconds(10));
+    EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << "read " << i << ": " << status;
+  }
+  EXPECT_OK(client->Close());
+  for (const auto& waiter : waiters) EXPECT_EQ(waiter->calls(), 1);
+}
+
+}  // namespace
+}  // namespace nbdring::testing
