@@ -129,6 +129,7 @@ void Connection::StartReconnecting() {
   }
   requeued.Append(pending_);
   pending_.Append(requeued);
+  RecountQueuedBytes();
   parser_ = nbd::ReplyParser(parser_options_, this);
   send_in_flight_ = false;
   receive_direct_ = false;
@@ -211,7 +212,17 @@ nbd::InflightRequest* Connection::Find(uint64_t cookie) {
   return slot;
 }
 
-void Connection::Enqueue(Operation* operation) { pending_.PushBack(operation); }
+void Connection::Enqueue(Operation* operation) {
+  pending_.PushBack(operation);
+  queued_bytes_ += operation->length + nbd::kCompactRequestSize;
+}
+
+void Connection::RecountQueuedBytes() {
+  queued_bytes_ = 0;
+  for (Operation* operation = pending_.front(); operation != nullptr; operation = operation->next_) {
+    queued_bytes_ += operation->length - operation->staged_bytes_ + nbd::kCompactRequestSize;
+  }
+}
 
 uint64_t Connection::PartLimit(const Operation& operation) const {
   switch (operation.command) {
@@ -316,10 +327,14 @@ void Connection::StageBatch() {
     ++operation->parts_outstanding_;
     operation->last_batch_ = batch_;
     operation->staged_bytes_ += part_length;
+    queued_bytes_ -= std::min(queued_bytes_, part_length);
     if (operation->staged_bytes_ >= operation->length ||
         operation->command == nbd::Command::kBlockStatus) {
       operation->fully_staged_ = true;
       pending_.PopFront();
+      // Its header share, and the remainder a clamped BLOCK_STATUS never stages.
+      uint64_t rest = operation->length - operation->staged_bytes_ + nbd::kCompactRequestSize;
+      queued_bytes_ -= std::min(queued_bytes_, rest);
     }
   }
   if (iovec_count_ > 0) PostSend();
@@ -539,6 +554,7 @@ bool Connection::Cancel(Operation* operation, uint64_t submission) {
     return true;  // completed and resubmitted since: the cancel was for an older submission
   }
   pending_.Remove(operation);
+  RecountQueuedBytes();
   table_.ForEachInUse([&](uint64_t, Slot& slot) {
     if (slot.operation == operation) slot.operation = nullptr;
   });
@@ -604,6 +620,7 @@ void Connection::BeginSoftDisconnect(const absl::Status& reason) {
   state_ = State::kDisconnecting;
   absl::Status not_sent = absl::UnavailableError(absl::StrCat(
       options_.description, ": not sent, the server is shutting down (", reason.message(), ")"));
+  queued_bytes_ = 0;
   while (Operation* operation = pending_.PopFront()) {
     operation->fully_staged_ = true;
     ++operation->parts_outstanding_;
@@ -632,6 +649,7 @@ void Connection::MaybeFinishDying() {
   // Unstaged parts first, so an Operation split over slots completes with its last slot.
   OperationQueue pending;
   pending.Append(pending_);
+  queued_bytes_ = 0;
   while (Operation* operation = pending.PopFront()) {
     operation->fully_staged_ = true;
     if (operation->first_error_.ok()) operation->first_error_ = failure_;

@@ -116,7 +116,9 @@ class Connection : private nbd::RequestLookup {
   bool usable() const { return state_ == State::kOpen; }
   bool reconnecting() const { return state_ == State::kReconnecting; }
   bool idle() const { return pending_.empty() && table_.in_use() == 0; }
-  uint64_t outstanding_bytes() const { return outstanding_bytes_; }
+  // Staged plus queued bytes: what routing compares, so a burst dispatched within one loop
+  // turn (before anything is staged) still spreads over the connections.
+  uint64_t outstanding_bytes() const { return outstanding_bytes_ + queued_bytes_; }
   uint32_t in_flight() const { return table_.in_use(); }
   bool send_in_flight() const { return send_in_flight_; }
   const absl::Status& failure() const { return failure_; }
@@ -146,6 +148,8 @@ class Connection : private nbd::RequestLookup {
   void MaybeFinishDying();
   void CompleteCancelled();
   void BeginSoftDisconnect(const absl::Status& reason);
+  // After pending_ changed other than by Enqueue/StageBatch (rare paths).
+  void RecountQueuedBytes();
   bool ShouldReconnect() const;
   void StartReconnecting();
   void JoinReconnectThread();
@@ -161,7 +165,8 @@ class Connection : private nbd::RequestLookup {
 
   InflightTable<Slot> table_;
   OperationQueue pending_;
-  uint64_t outstanding_bytes_ = 0;
+  uint64_t outstanding_bytes_ = 0;  // staged requests
+  uint64_t queued_bytes_ = 0;       // unstaged parts of pending_ (RecountQueuedBytes)
 
   // The send chain.
   IoCompletion send_completion_;
