@@ -188,6 +188,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
     connection_options.request_timeout_ns = absl::ToInt64Nanoseconds(options.request_timeout);
     connection_options.max_payload_part = max_payload;
     connection_options.max_effect_part = (uint64_t{1} << 32) - (uint64_t{1} << 16);
+    connection_options.index = i;
     connection_options.description =
         absl::StrCat("connection ", i + 1, " to ", impl.address_text);
     if (options.reconnect) {
@@ -252,6 +253,16 @@ int Client::threads() const { return static_cast<int>(impl_->rings.size()); }
 ClientStats Client::stats() const {
   ClientStats stats;
   for (const std::unique_ptr<RingThread>& ring : impl_->rings) ring->AddStats(&stats);
+  return stats;
+}
+
+std::vector<ClientStats> Client::connection_stats() const {
+  std::vector<std::pair<int, ClientStats>> indexed;
+  for (const std::unique_ptr<RingThread>& ring : impl_->rings) ring->AppendConnectionStats(&indexed);
+  std::sort(indexed.begin(), indexed.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<ClientStats> stats;
+  for (auto& [index, one] : indexed) stats.push_back(one);
   return stats;
 }
 

@@ -62,6 +62,7 @@ struct ConnectionOptions {
   uint64_t max_payload_part = nbd::kDefaultMaxPayload;  // READ/WRITE split size
   uint64_t max_effect_part = UINT32_MAX;                // TRIM/WRITE_ZEROES/CACHE split size
   std::string description;  // "connection 1 to nbd+unix:///?socket=..." for messages
+  int index = 0;            // position among the client's connections
   // Set when reconnecting is on: opens and negotiates a new socket to the same export (runs
   // on a helper thread), and wakes the owning ring when an attempt series ends.
   std::function<absl::StatusOr<FileDescriptor>(absl::Time deadline)> reconnect;
@@ -123,6 +124,7 @@ class Connection : private nbd::RequestLookup {
   bool send_in_flight() const { return send_in_flight_; }
   const absl::Status& failure() const { return failure_; }
   const ConnectionCounters& counters() const { return counters_; }
+  int index() const { return options_.index; }
 
  private:
   struct Slot : nbd::InflightRequest {

@@ -265,6 +265,27 @@ void RingThread::Loop() {
   }
 }
 
+void RingThread::AppendConnectionStats(std::vector<std::pair<int, ClientStats>>* stats) const {
+  for (const std::unique_ptr<Connection>& connection : connections_) {
+    ClientStats one;
+    one.wakeups = wakeups_.load(std::memory_order_relaxed);
+    if (ring_ != nullptr) {
+      one.enters = ring_->counters().enters.load(std::memory_order_relaxed);
+      one.sqes = ring_->counters().sqes.load(std::memory_order_relaxed);
+      one.cqes = ring_->counters().cqes.load(std::memory_order_relaxed);
+    }
+    const ConnectionCounters& counters = connection->counters();
+    one.requests = counters.requests.load(std::memory_order_relaxed);
+    one.wire_requests = counters.wire_requests.load(std::memory_order_relaxed);
+    one.bytes_read = counters.bytes_read.load(std::memory_order_relaxed);
+    one.bytes_written = counters.bytes_written.load(std::memory_order_relaxed);
+    one.errors = counters.errors.load(std::memory_order_relaxed);
+    one.queue_full_waits = counters.queue_full_waits.load(std::memory_order_relaxed);
+    one.reconnects = counters.reconnects.load(std::memory_order_relaxed);
+    stats->emplace_back(connection->index(), one);
+  }
+}
+
 void RingThread::AddStats(ClientStats* stats) const {
   stats->wakeups += wakeups_.load(std::memory_order_relaxed);
   if (ring_ != nullptr) {

@@ -53,6 +53,8 @@ class RingThread {
   bool on_this_thread() const;
   int connections() const { return static_cast<int>(connections_.size()); }
   void AddStats(ClientStats* stats) const;
+  // One entry per connection of this ring, ring counters repeated in each.
+  void AppendConnectionStats(std::vector<std::pair<int, ClientStats>>* stats) const;
 
  private:
   RingThread() = default;

@@ -114,6 +114,14 @@ TEST_F(ReconnectTest, RequestsInFlightAreResentAfterTheServerComesBack) {
     }
   }
   EXPECT_EQ(client->stats().reconnects, 2u);  // both connections came back
+  std::vector<ClientStats> per_connection = client->connection_stats();
+  ASSERT_EQ(per_connection.size(), 2u);
+  uint64_t requests = 0;
+  for (const ClientStats& one : per_connection) {
+    EXPECT_EQ(one.reconnects, 1u);
+    requests += one.requests;
+  }
+  EXPECT_EQ(requests, reads.size());  // each read counted once, on the connection that did it
   // New requests work on the new connections.
   std::vector<uint8_t> buffer(4096);
   ASSERT_TRUE(client->PreadSync(buffer.data(), buffer.size(), 8192).ok());

@@ -176,6 +176,9 @@ class Client {
   // advertise NBD_FLAG_CAN_MULTI_CONN: using 1 connection instead of 4").
   const std::vector<std::string>& notes() const { return notes_; }
   ClientStats stats() const;
+  // The same counters per connection, in connection order. enters/sqes/cqes/wakeups belong
+  // to a ring, which all its connections share: each connection reports its ring's.
+  std::vector<ClientStats> connection_stats() const;
 
   // Validates and queues `operation`. A request the export cannot take (read-only, flag not
   // advertised, out of range, zero length, misaligned to the minimum block size, ...) completes
