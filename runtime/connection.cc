@@ -10,16 +10,11 @@
 #include "absl/strings/str_cat.h"
 #include "nbd/errors.h"
 #include "nbd/request.h"
+#include "runtime/clock.h"
 #include "runtime/counter.h"
 
 namespace nbdring {
 namespace {
-
-int64_t MonotonicNanoseconds() {
-  timespec now;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  return int64_t{now.tv_sec} * 1000000000 + now.tv_nsec;
-}
 
 // A recv longer than this is split into several; the kernel caps single transfers anyway.
 constexpr uint64_t kMaxDirectReceive = 1u << 30;

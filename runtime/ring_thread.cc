@@ -8,17 +8,9 @@
 #include <ctime>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/clock.h"
 
 namespace nbdring {
-namespace {
-
-int64_t MonotonicNanoseconds() {
-  timespec now;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  return int64_t{now.tv_sec} * 1000000000 + now.tv_nsec;
-}
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<RingThread>> RingThread::Start(
     const nbd::ExportInfo& info, std::vector<PendingConnection> connections,
