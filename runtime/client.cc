@@ -22,6 +22,14 @@ class Client::Impl {
   std::atomic<uint32_t> next_ring{0};
   std::atomic<bool> closed{false};
   int connection_count = 0;
+
+  // The ring whose thread is calling, or nullptr from any other thread.
+  RingThread* CurrentRing() const {
+    for (const std::unique_ptr<RingThread>& ring : rings) {
+      if (ring->on_this_thread()) return ring.get();
+    }
+    return nullptr;
+  }
 };
 
 namespace {
@@ -236,10 +244,8 @@ Client::~Client() { Close().IgnoreError(); }
 
 absl::Status Client::Close() {
   if (impl_ == nullptr) return absl::OkStatus();
-  for (const std::unique_ptr<RingThread>& ring : impl_->rings) {
-    if (ring->on_this_thread()) {
-      return absl::FailedPreconditionError("Client::Close called from one of its own callbacks");
-    }
+  if (impl_->CurrentRing() != nullptr) {
+    return absl::FailedPreconditionError("Client::Close called from one of its own callbacks");
   }
   if (impl_->closed.exchange(true)) return absl::OkStatus();
   for (const std::unique_ptr<RingThread>& ring : impl_->rings) ring->RequestClose();
@@ -405,11 +411,9 @@ void Client::Submit(Operation* operation) {
     operation->on_complete(operation, absl::UnavailableError("the client is closed"));
     return;
   }
-  for (const std::unique_ptr<RingThread>& ring : impl_->rings) {
-    if (ring->on_this_thread()) {
-      ring->Submit(operation);
-      return;
-    }
+  if (RingThread* ring = impl_->CurrentRing(); ring != nullptr) {
+    ring->Submit(operation);
+    return;
   }
   uint32_t index = impl_->next_ring.fetch_add(1, std::memory_order_relaxed) % impl_->rings.size();
   impl_->rings[index]->Submit(operation);
@@ -487,39 +491,33 @@ absl::Status RunSync(Client* client, bool on_ring_thread, Command command, uint1
 
 }  // namespace
 
-#define NBDRING_ON_RING_THREAD                                              \
-  std::any_of(impl_->rings.begin(), impl_->rings.end(),                     \
-              [](const std::unique_ptr<RingThread>& ring) { return ring->on_this_thread(); })
-
 absl::Status Client::PreadSync(void* buffer, uint64_t length, uint64_t offset, uint16_t flags) {
-  return RunSync(this, NBDRING_ON_RING_THREAD, Command::kRead, flags, offset, length, buffer);
+  return RunSync(this, impl_->CurrentRing() != nullptr, Command::kRead, flags, offset, length, buffer);
 }
 absl::Status Client::PwriteSync(const void* buffer, uint64_t length, uint64_t offset,
                                 uint16_t flags) {
-  return RunSync(this, NBDRING_ON_RING_THREAD, Command::kWrite, flags, offset, length,
+  return RunSync(this, impl_->CurrentRing() != nullptr, Command::kWrite, flags, offset, length,
                  const_cast<void*>(buffer));
 }
 absl::Status Client::FlushSync() {
-  return RunSync(this, NBDRING_ON_RING_THREAD, Command::kFlush, 0, 0, 0, nullptr);
+  return RunSync(this, impl_->CurrentRing() != nullptr, Command::kFlush, 0, 0, 0, nullptr);
 }
 absl::Status Client::TrimSync(uint64_t length, uint64_t offset, uint16_t flags) {
-  return RunSync(this, NBDRING_ON_RING_THREAD, Command::kTrim, flags, offset, length, nullptr);
+  return RunSync(this, impl_->CurrentRing() != nullptr, Command::kTrim, flags, offset, length, nullptr);
 }
 absl::Status Client::WriteZeroesSync(uint64_t length, uint64_t offset, uint16_t flags) {
-  return RunSync(this, NBDRING_ON_RING_THREAD, Command::kWriteZeroes, flags, offset, length,
+  return RunSync(this, impl_->CurrentRing() != nullptr, Command::kWriteZeroes, flags, offset, length,
                  nullptr);
 }
 absl::Status Client::CacheSync(uint64_t length, uint64_t offset) {
-  return RunSync(this, NBDRING_ON_RING_THREAD, Command::kCache, 0, offset, length, nullptr);
+  return RunSync(this, impl_->CurrentRing() != nullptr, Command::kCache, 0, offset, length, nullptr);
 }
 absl::Status Client::BlockStatusSync(
     uint64_t length, uint64_t offset,
     std::vector<std::pair<uint32_t, std::vector<Extent>>>* extents, uint16_t flags) {
-  return RunSync(this, NBDRING_ON_RING_THREAD, Command::kBlockStatus, flags, offset, length,
+  return RunSync(this, impl_->CurrentRing() != nullptr, Command::kBlockStatus, flags, offset, length,
                  nullptr, extents);
 }
-
-#undef NBDRING_ON_RING_THREAD
 
 absl::StatusOr<ExportQuery> QueryExport(const ClientOptions& options) {
   auto address = ResolveAddress(options);

@@ -257,44 +257,45 @@ void RingThread::Loop() {
   }
 }
 
+ClientStats RingThread::RingCounters() const {
+  ClientStats stats;
+  stats.wakeups = wakeups_.load(std::memory_order_relaxed);
+  if (ring_ != nullptr) {
+    stats.enters = ring_->counters().enters.load(std::memory_order_relaxed);
+    stats.sqes = ring_->counters().sqes.load(std::memory_order_relaxed);
+    stats.cqes = ring_->counters().cqes.load(std::memory_order_relaxed);
+  }
+  return stats;
+}
+
+void RingThread::AddConnectionCounters(const Connection& connection, ClientStats* stats) {
+  const ConnectionCounters& counters = connection.counters();
+  stats->requests += counters.requests.load(std::memory_order_relaxed);
+  stats->wire_requests += counters.wire_requests.load(std::memory_order_relaxed);
+  stats->bytes_read += counters.bytes_read.load(std::memory_order_relaxed);
+  stats->bytes_written += counters.bytes_written.load(std::memory_order_relaxed);
+  stats->errors += counters.errors.load(std::memory_order_relaxed);
+  stats->queue_full_waits += counters.queue_full_waits.load(std::memory_order_relaxed);
+  stats->reconnects += counters.reconnects.load(std::memory_order_relaxed);
+}
+
 void RingThread::AppendConnectionStats(std::vector<std::pair<int, ClientStats>>* stats) const {
+  const ClientStats ring = RingCounters();
   for (const std::unique_ptr<Connection>& connection : connections_) {
-    ClientStats one;
-    one.wakeups = wakeups_.load(std::memory_order_relaxed);
-    if (ring_ != nullptr) {
-      one.enters = ring_->counters().enters.load(std::memory_order_relaxed);
-      one.sqes = ring_->counters().sqes.load(std::memory_order_relaxed);
-      one.cqes = ring_->counters().cqes.load(std::memory_order_relaxed);
-    }
-    const ConnectionCounters& counters = connection->counters();
-    one.requests = counters.requests.load(std::memory_order_relaxed);
-    one.wire_requests = counters.wire_requests.load(std::memory_order_relaxed);
-    one.bytes_read = counters.bytes_read.load(std::memory_order_relaxed);
-    one.bytes_written = counters.bytes_written.load(std::memory_order_relaxed);
-    one.errors = counters.errors.load(std::memory_order_relaxed);
-    one.queue_full_waits = counters.queue_full_waits.load(std::memory_order_relaxed);
-    one.reconnects = counters.reconnects.load(std::memory_order_relaxed);
+    ClientStats one = ring;
+    AddConnectionCounters(*connection, &one);
     stats->emplace_back(connection->index(), one);
   }
 }
 
 void RingThread::AddStats(ClientStats* stats) const {
-  stats->wakeups += wakeups_.load(std::memory_order_relaxed);
-  if (ring_ != nullptr) {
-    const RingCounters& counters = ring_->counters();
-    stats->enters += counters.enters.load(std::memory_order_relaxed);
-    stats->sqes += counters.sqes.load(std::memory_order_relaxed);
-    stats->cqes += counters.cqes.load(std::memory_order_relaxed);
-  }
+  const ClientStats ring = RingCounters();
+  stats->wakeups += ring.wakeups;
+  stats->enters += ring.enters;
+  stats->sqes += ring.sqes;
+  stats->cqes += ring.cqes;
   for (const std::unique_ptr<Connection>& connection : connections_) {
-    const ConnectionCounters& counters = connection->counters();
-    stats->requests += counters.requests.load(std::memory_order_relaxed);
-    stats->wire_requests += counters.wire_requests.load(std::memory_order_relaxed);
-    stats->bytes_read += counters.bytes_read.load(std::memory_order_relaxed);
-    stats->bytes_written += counters.bytes_written.load(std::memory_order_relaxed);
-    stats->errors += counters.errors.load(std::memory_order_relaxed);
-    stats->queue_full_waits += counters.queue_full_waits.load(std::memory_order_relaxed);
-    stats->reconnects += counters.reconnects.load(std::memory_order_relaxed);
+    AddConnectionCounters(*connection, stats);
   }
 }
 

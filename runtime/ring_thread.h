@@ -62,6 +62,8 @@ class RingThread {
            std::atomic<int>* started, absl::Status* start_status);
   void Loop();
   void Dispatch(Operation* operation);
+  ClientStats RingCounters() const;  // enters, SQEs, CQEs, wakeups
+  static void AddConnectionCounters(const Connection& connection, ClientStats* stats);
   void ProcessCancels();
   void Wake();
   void ArmWakeup();
