@@ -352,24 +352,9 @@ absl::StatusOr<std::unique_ptr<OneShotNbdServer>> OneShotNbdServer::Start(
     if (!out) return absl::InternalError(absl::StrCat("cannot write '", config, "'"));
   }
 
-  std::vector<std::string> argv = {"nbd-server", "-C", config, "-d"};
-  // Built before fork: the child of a multi-threaded process must not allocate.
-  std::vector<char*> args;
-  for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
-  args.push_back(nullptr);
-  pid_t pid = fork();
-  if (pid < 0) return ErrnoStatus("fork");
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    int log = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (log >= 0) {
-      dup2(log, STDOUT_FILENO);
-      dup2(log, STDERR_FILENO);
-    }
-    execvp(args[0], args.data());
-    _exit(127);
-  }
-  server->pid_ = pid;
+  auto pid = nbd::testing::ServerProcess::Launch({"nbd-server", "-C", config, "-d"}, log_path);
+  if (!pid.ok()) return pid.status();
+  server->pid_ = *pid;
 
   // /proc/net/unix: "Num RefCount Protocol Flags Type St Inode Path"; Flags 00010000 is
   // __SO_ACCEPTCON, i.e. listen() has been called.
@@ -384,7 +369,7 @@ absl::StatusOr<std::unique_ptr<OneShotNbdServer>> OneShotNbdServer::Start(
       }
     }
     int status = 0;
-    if (waitpid(pid, &status, WNOHANG) == pid) {
+    if (waitpid(*pid, &status, WNOHANG) == *pid) {
       server->pid_ = -1;
       return absl::FailedPreconditionError(
           absl::StrCat("nbd-server exited before listening (", DescribeWaitStatus(status),

@@ -47,6 +47,12 @@ class ServerProcess {
       const std::string& file, const std::string& format, int shared = 8,
       const std::vector<std::string>& extra_args = {});
 
+  // Forks and execs `argv` as a child that dies with the test, stdout and stderr appended to
+  // `log_path`; returns its pid without waiting (for servers that need their own readiness
+  // check, e.g. a one-shot nbd-server).
+  static absl::StatusOr<pid_t> Launch(const std::vector<std::string>& argv,
+                                      const std::string& log_path);
+
   ~ServerProcess();  // SIGTERM, wait, then SIGKILL after a grace period
 
   // nbd+unix:///<export>?socket=<path>, or nbd://127.0.0.1:<port>/<export> for TCP.
@@ -67,8 +73,6 @@ class ServerProcess {
   static absl::StatusOr<std::unique_ptr<ServerProcess>> Spawn(
       std::unique_ptr<TempDir> dir, const std::vector<std::string>& argv, std::string socket_path,
       int port, absl::Duration ready_timeout);
-  static absl::StatusOr<pid_t> Launch(const std::vector<std::string>& argv,
-                                      const std::string& log_path);
   absl::Status AwaitReady(absl::Duration ready_timeout);
   std::unique_ptr<TempDir> dir_;
   std::vector<std::string> argv_;
