@@ -40,6 +40,9 @@ ABSL_FLAG(bool, json, false, "print the results as JSON on stdout");
 ABSL_FLAG(std::string, cpus, "",
           "pin the client's threads to these CPUs, e.g. 1 or 0,1 or 0-3 (sched_setaffinity); "
           "`taskset -c 1 nbd-bench ...` pins the whole process instead");
+ABSL_FLAG(absl::Duration, batch_delay, absl::Microseconds(50),
+          "nbdring: how long a ring with many requests in flight may wait for more replies "
+          "before waking (ClientOptions::completion_batch_delay); 0 wakes on every reply");
 ABSL_FLAG(bool, prefill, false,
           "write the region before a read workload so reads do not hit never-written areas "
           "(always done for the embedded server; destroys the data of an external export)");
@@ -52,6 +55,7 @@ constexpr const char* kFlagOrder[] = {
     "rw",      "rwmixread", "bs",     "iodepth", "connections", "threads",
     "runtime", "size",      "ramp",   "offset",  "range",       "verify",
     "engine",  "compare",   "rounds", "json",    "cpus",        "prefill",
+    "batch_delay",
 };
 
 absl::CommandLineFlag* FindBenchFlag(absl::string_view name) {
@@ -199,6 +203,10 @@ absl::StatusOr<BenchOptions> ParseCommandLine(const std::vector<std::string>& ar
   options.verify = absl::GetFlag(FLAGS_verify);
   options.json = absl::GetFlag(FLAGS_json);
   options.prefill = absl::GetFlag(FLAGS_prefill);
+  options.batch_delay = absl::GetFlag(FLAGS_batch_delay);
+  if (options.batch_delay < absl::ZeroDuration()) {
+    return UsageError("--batch_delay must not be negative");
+  }
 
   if (const std::string cpus = absl::GetFlag(FLAGS_cpus); !cpus.empty()) {
     absl::StatusOr<std::vector<int>> list = ParseCpuList(cpus);

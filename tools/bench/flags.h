@@ -39,6 +39,7 @@ struct BenchOptions {
   int rounds = 3;
   bool json = false;
   std::vector<int> cpus;
+  absl::Duration batch_delay = absl::Microseconds(50);  // nbdring's completion batching
   bool prefill = false;  // external servers; the embedded one is always prefilled for reads
 };
 

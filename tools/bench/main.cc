@@ -89,6 +89,7 @@ absl::StatusOr<RunSpec> MakeRunSpec(const BenchOptions& options, const nbd::Expo
   spec.size_limit = options.size_limit;
   spec.verify = options.verify;
   spec.cpus = options.cpus;
+  spec.batch_delay = options.batch_delay;
   spec.live_status = !options.json && isatty(STDOUT_FILENO);
 
   if (options.offset >= info.size) {

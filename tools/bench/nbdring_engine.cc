@@ -178,6 +178,7 @@ absl::StatusOr<RunResult> NbdringBench::Execute() {
   options.connections = spec_.connections;
   options.threads = spec_.threads;
   options.inflight_limit = static_cast<uint32_t>(spec_.iodepth);
+  options.completion_batch_delay = spec_.batch_delay;
   absl::StatusOr<std::unique_ptr<nbdring::Client>> client = ConnectClient(options);
   if (!client.ok()) return client.status();
   client_ = *std::move(client);

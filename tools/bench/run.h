@@ -50,6 +50,7 @@ struct RunSpec {
   uint64_t region_length = 0;
   bool verify = false;       // writes carry the pattern; every read is checked against it
   std::vector<int> cpus;     // empty: no pinning
+  absl::Duration batch_delay = absl::Microseconds(50);  // nbdring only
   bool live_status = false;  // one-line progress on stdout, rewritten each second
 };
 
