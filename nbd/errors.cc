@@ -95,6 +95,10 @@ std::optional<uint32_t> NbdErrorOf(const absl::Status& status) {
 }
 
 int StatusToErrno(const absl::Status& status) {
+  // A server's error carries its exact NBD value: codes alone cannot tell ENOMEM from ENOSPC.
+  if (std::optional<uint32_t> nbd_error = NbdErrorOf(status); nbd_error.has_value()) {
+    return NbdErrorToErrno(*nbd_error);
+  }
   switch (status.code()) {
     case absl::StatusCode::kOk: return 0;
     case absl::StatusCode::kPermissionDenied: return EPERM;
