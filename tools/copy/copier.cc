@@ -18,6 +18,12 @@ namespace {
 // 1 GiB stays well inside the 32-bit length of compact requests.
 constexpr uint64_t kMaximumZeroRequest = uint64_t{1} << 30;
 constexpr size_t kBufferAlignment = 4096;
+// The source is mapped at most this many bytes per query, so a huge disk starts copying at
+// once and its map is held a window at a time, not whole.
+constexpr uint64_t kMapWindow = uint64_t{1} << 30;
+// The planner maps more once fewer mapped bytes than this are left to hand out: far enough
+// ahead that slots rarely wait for a block status reply.
+constexpr uint64_t kMapLookahead = kMapWindow / 2;
 
 absl::Status ErrnoStatus(int error) {
   return absl::ErrnoToStatus(error, std::strerror(error));
@@ -119,11 +125,99 @@ absl::Status Copier::Plan() {
           *destination_size, " bytes, but the source ", source_->spec(), " has ", *total_bytes_,
           " bytes; nothing was written"));
     }
-    absl::StatusOr<std::vector<Range>> ranges = source_->MapSource(options_.use_extents);
-    if (!ranges.ok()) return ranges.status();
-    ranges_ = std::move(*ranges);
+  }
+  absl::StatusOr<uint64_t> alignment = ChunkAlignment();
+  if (!alignment.ok()) return alignment.status();
+  options_.request_size = std::max(*alignment, options_.request_size / *alignment * *alignment);
+
+  if (total_bytes_.has_value()) {
+    uint64_t zero_chunk_limit = UINT64_MAX;  // kSkip: a zero range is passed over whole
+    if (zero_policy_ == ZeroPolicy::kZeroCommand) zero_chunk_limit = kMaximumZeroRequest;
+    if (zero_policy_ == ZeroPolicy::kZeroBuffer) zero_chunk_limit = options_.request_size;
+    // The first window now, so that a source that cannot be mapped fails before any write.
+    std::vector<Range> first_window;
+    if (*total_bytes_ > 0) {
+      absl::StatusOr<std::vector<Range>> ranges = MapWindow(0);
+      if (!ranges.ok()) return ranges.status();
+      first_window = *std::move(ranges);
+    }
+    std::lock_guard<std::mutex> lock(plan_mutex_);
+    plan_.emplace(*total_bytes_, *alignment, options_.request_size, zero_chunk_limit);
+    if (!plan_->fully_described()) {
+      if (absl::Status status = plan_->Describe(first_window); !status.ok()) return status;
+    }
   }
   return destination_->PrepareDestination(total_bytes_);
+}
+
+absl::StatusOr<uint64_t> Copier::ChunkAlignment() const {
+  const Endpoint* strictest =
+      source_->minimum_request() >= destination_->minimum_request() ? source_ : destination_;
+  const uint64_t alignment = strictest->minimum_request();
+  const std::string strictest_name =
+      absl::StrCat(SideName(strictest->side()), " ", strictest->spec());
+  for (const Endpoint* endpoint : {source_, destination_}) {
+    const std::optional<uint64_t> maximum = endpoint->maximum_request();
+    if (maximum.has_value() && *maximum < alignment) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the ", alignment, "-byte minimum block size of ", strictest_name, " exceeds the ",
+          *maximum, "-byte maximum block size of ", SideName(endpoint->side()), " ",
+          endpoint->spec(), "; nothing was written"));
+    }
+  }
+  if (total_bytes_.has_value() && *total_bytes_ % alignment != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "source ", source_->spec(), " has ", *total_bytes_,
+        " bytes, which is not a multiple of the ", alignment, "-byte minimum block size of ",
+        strictest_name, ": the last ", *total_bytes_ % alignment,
+        " bytes cannot be copied with aligned requests; nothing was written"));
+  }
+  return alignment;
+}
+
+absl::StatusOr<std::vector<Range>> Copier::MapWindow(uint64_t offset) const {
+  return source_->MapSource(offset, std::min(kMapWindow, *total_bytes_ - offset),
+                            options_.use_extents);
+}
+
+void Copier::RunPlanner() {
+  std::unique_lock<std::mutex> lock(plan_mutex_);
+  while (!plan_->fully_described()) {
+    plan_wanted_.wait(lock, [this] {
+      return planner_stop_ || failed_.load(std::memory_order_acquire) ||
+             !waiting_for_map_.empty() || plan_->ready_bytes() < kMapLookahead;
+    });
+    if (planner_stop_ || failed_.load(std::memory_order_acquire)) break;
+    const uint64_t offset = plan_->described_end();
+    lock.unlock();
+    absl::StatusOr<std::vector<Range>> ranges = MapWindow(offset);
+    lock.lock();
+    absl::Status status = ranges.ok() ? plan_->Describe(*ranges) : ranges.status();
+    if (!status.ok()) {
+      lock.unlock();
+      std::vector<Pending> ready;
+      Fail(std::move(status), &ready);
+      for (Pending& pending : ready) Drive(pending.slot, std::move(pending.status));
+      lock.lock();
+      break;
+    }
+    if (!waiting_for_map_.empty()) {
+      std::vector<Slot*> waiting;
+      waiting.swap(waiting_for_map_);
+      lock.unlock();
+      Resume(std::move(waiting));
+      lock.lock();
+    }
+  }
+  // Whoever still waits now finds the map complete, or the copy failed and stops.
+  std::vector<Slot*> waiting;
+  waiting.swap(waiting_for_map_);
+  lock.unlock();
+  Resume(std::move(waiting));
+}
+
+void Copier::Resume(std::vector<Slot*> slots) {
+  for (Slot* slot : slots) Drive(slot, absl::OkStatus());
 }
 
 absl::Status Copier::Run(const std::function<void(const CopyProgress&)>& on_tick,
@@ -155,6 +249,13 @@ absl::Status Copier::Run(const std::function<void(const CopyProgress&)>& on_tick
   }
   if (offload_completions_) io_thread_ = std::thread([this] { RunIoThread(); });
   for (const std::unique_ptr<Slot>& slot : slots_) Drive(slot.get(), absl::OkStatus());
+  // Started only now, so the first window's requests go out before any further mapping.
+  {
+    std::lock_guard<std::mutex> lock(plan_mutex_);
+    if (plan_.has_value() && !plan_->fully_described()) {
+      planner_ = std::thread([this] { RunPlanner(); });
+    }
+  }
 
   const auto tick = absl::ToChronoMilliseconds(tick_interval);
   {
@@ -172,6 +273,14 @@ absl::Status Copier::Run(const std::function<void(const CopyProgress&)>& on_tick
   }
   // The last word, even when the copy finished before the first tick.
   if (on_tick) on_tick(CopyProgress{bytes_done_.load(), total_bytes_});
+  if (planner_.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(plan_mutex_);
+      planner_stop_ = true;
+    }
+    plan_wanted_.notify_all();
+    planner_.join();
+  }
   if (io_thread_.joinable()) {
     {
       std::lock_guard<std::mutex> lock(io_mutex_);
@@ -240,9 +349,14 @@ void Copier::Advance(Slot* slot, absl::Status status, std::vector<Pending>* read
     switch (slot->phase) {
       case Phase::kIdle: {
         absl::Status read_status;
-        if (!TakeNextChunk(slot, &read_status)) {
-          FinishSlot();
-          return;
+        switch (TakeNextChunk(slot, &read_status)) {
+          case Taken::kChunk:
+            break;
+          case Taken::kNothingLeft:
+            FinishSlot();
+            return;
+          case Taken::kWaitingForMap:
+            return;  // the planner continues it
         }
         if (slot->kind == ChunkKind::kZeroCommand) {
           slot->phase = Phase::kWriting;
@@ -307,45 +421,41 @@ void Copier::Advance(Slot* slot, absl::Status status, std::vector<Pending>* read
   }
 }
 
-bool Copier::TakeNextChunk(Slot* slot, absl::Status* read_status) {
+Copier::Taken Copier::TakeNextChunk(Slot* slot, absl::Status* read_status) {
   std::lock_guard<std::mutex> lock(plan_mutex_);
-  if (failed_.load(std::memory_order_acquire)) return false;
-  if (source_->kind() == EndpointKind::kStream) {
-    if (stream_ended_) return false;
+  if (failed_.load(std::memory_order_acquire)) return Taken::kNothingLeft;
+  if (!plan_.has_value()) {  // a stream source
+    if (stream_ended_) return Taken::kNothingLeft;
     *read_status = ReadStreamChunk(slot);
-    if (read_status->ok() && slot->length == 0) return false;
-    return true;
+    if (read_status->ok() && slot->length == 0) return Taken::kNothingLeft;
+    return Taken::kChunk;
   }
-  while (range_index_ < ranges_.size()) {
-    const Range& range = ranges_[range_index_];
-    const uint64_t remaining = range.length - range_position_;
-    uint64_t length = std::min(remaining, options_.request_size);
-    if (range.zero) {
-      if (zero_policy_ == ZeroPolicy::kSkip) {
-        bytes_done_.fetch_add(remaining, std::memory_order_relaxed);
-        ++range_index_;
-        range_position_ = 0;
-        continue;
-      }
-      if (zero_policy_ == ZeroPolicy::kZeroCommand) {
-        length = std::min(remaining, kMaximumZeroRequest);
-        slot->kind = ChunkKind::kZeroCommand;
-      } else {
-        slot->kind = ChunkKind::kZeroBuffer;
-      }
-    } else {
+  while (true) {
+    const std::optional<Range> chunk = plan_->Next();
+    if (!chunk.has_value()) {
+      if (plan_->fully_described()) return Taken::kNothingLeft;
+      waiting_for_map_.push_back(slot);
+      plan_wanted_.notify_one();
+      return Taken::kWaitingForMap;
+    }
+    if (chunk->zero && zero_policy_ == ZeroPolicy::kSkip) {
+      bytes_done_.fetch_add(chunk->length, std::memory_order_relaxed);
+      continue;
+    }
+    if (!chunk->zero) {
       slot->kind = ChunkKind::kCopy;
+    } else if (zero_policy_ == ZeroPolicy::kZeroCommand) {
+      slot->kind = ChunkKind::kZeroCommand;
+    } else {
+      slot->kind = ChunkKind::kZeroBuffer;
     }
-    slot->offset = range.offset + range_position_;
-    slot->length = length;
-    range_position_ += length;
-    if (range_position_ == range.length) {
-      ++range_index_;
-      range_position_ = 0;
+    slot->offset = chunk->offset;
+    slot->length = chunk->length;
+    if (!plan_->fully_described() && plan_->ready_bytes() < kMapLookahead) {
+      plan_wanted_.notify_one();
     }
-    return true;
+    return Taken::kChunk;
   }
-  return false;
 }
 
 absl::Status Copier::ReadStreamChunk(Slot* slot) {
@@ -435,12 +545,18 @@ void Copier::Fail(absl::Status status, std::vector<Pending>* ready) {
     if (first_error_.ok()) first_error_ = std::move(status);
   }
   failed_.store(true, std::memory_order_release);
-  // Parked stream writes wait for bytes that will now never come: hand them back as stopped.
-  std::lock_guard<std::mutex> lock(order_mutex_);
-  for (const auto& [offset, slot] : parked_) {
-    ready->push_back(Pending{slot, absl::AbortedError("stopped after an earlier error")});
+  {
+    // Parked stream writes wait for bytes that will now never come: hand them back as stopped.
+    std::lock_guard<std::mutex> lock(order_mutex_);
+    for (const auto& [offset, slot] : parked_) {
+      ready->push_back(Pending{slot, absl::AbortedError("stopped after an earlier error")});
+    }
+    parked_.clear();
   }
-  parked_.clear();
+  // The planner stops mapping and hands back the slots that wait for the map. Notifying under
+  // the lock orders this wakeup after any slot that parked before failed_ was set.
+  std::lock_guard<std::mutex> lock(plan_mutex_);
+  plan_wanted_.notify_all();
 }
 
 void Copier::FinishSlot() {

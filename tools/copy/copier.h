@@ -1,14 +1,20 @@
 // tools/copy/copier.h — moves every byte of a source endpoint to a destination endpoint.
 //
 // A fixed pool of slots, each owning one buffer and one nbdring::Operation, is allocated once.
-// A slot takes the next chunk of the plan, reads it from the source into its buffer, writes the
-// same buffer to the destination, and takes the next chunk. NBD steps are submitted with
-// Client::Submit. When both sides are NBD (or the destination is null:) a slot continues in
-// on_complete on the ring thread; when a file or stream is involved, completions are handed to
-// one I/O thread, because ring callbacks must not block and a ring busy writing a file would
-// hold back the requests that keep the server busy. Chunks the source reports as zero are not
-// read: the destination gets NBD_CMD_WRITE_ZEROES, a hole (a truncated regular file), zero
-// buffers, or nothing at all (--destination-is-zero, null:).
+// A slot takes the next chunk of the plan (a CopyPlan), reads it from the source into its
+// buffer, writes the same buffer to the destination, and takes the next chunk. NBD steps are
+// submitted with Client::Submit. When both sides are NBD (or the destination is null:) a slot
+// continues in on_complete on the ring thread; when a file or stream is involved, completions
+// are handed to one I/O thread, because ring callbacks must not block and a ring busy writing a
+// file would hold back the requests that keep the server busy. Chunks the source reports as
+// zero are not read: the destination gets NBD_CMD_WRITE_ZEROES, a hole (a truncated regular
+// file), zero buffers, or nothing at all (--destination-is-zero, null:).
+//
+// The source is mapped lazily, one window (up to 1 GiB) at a time: Run() maps the first window
+// before any slot starts, and a planner thread maps the next ones while the copy runs, staying
+// a bounded distance ahead of the slots. A slot that finds nothing mapped yet waits for the
+// planner, which continues it. Chunks are aligned to the larger NBD minimum block size of the
+// two sides; a source whose size cannot be cut into such chunks is refused before any write.
 //
 // Every completion is checked. The first failure stops the copy; Run() then returns an error
 // naming the side, the offset and the server's (or the system's) message. Run() returns OK only
@@ -28,7 +34,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "tools/copy/copy_plan.h"
 #include "tools/copy/endpoint.h"
 
 namespace nbdcopy {
@@ -64,19 +72,29 @@ class Copier {
   struct Slot;
   enum class ChunkKind { kCopy, kZeroCommand, kZeroBuffer };
   enum class ZeroPolicy { kSkip, kZeroCommand, kZeroBuffer };
+  enum class Taken { kChunk, kNothingLeft, kWaitingForMap };
   struct Pending {  // a slot whose step just finished with `status`
     Slot* slot;
     absl::Status status;
   };
 
   absl::Status Plan();
+  // Checks the block size constraints of both sides; returns the alignment chunks need.
+  absl::StatusOr<uint64_t> ChunkAlignment() const;
+  // Maps the window of the source that starts at `offset`; called without plan_mutex_ held,
+  // since an NBD source answers over the network.
+  absl::StatusOr<std::vector<Range>> MapWindow(uint64_t offset) const;
+  void RunPlanner();
+  // Continues `slots` (which waited for the map) from the calling thread.
+  void Resume(std::vector<Slot*> slots);
   void RunIoThread();
   static void OnOperationComplete(nbdring::Operation* operation, const absl::Status& status);
   // Runs `first` and every slot it unblocks until each waits on the network or is finished.
   void Drive(Slot* first, absl::Status status);
   void Advance(Slot* slot, absl::Status status, std::vector<Pending>* ready);
-  // Gives `slot` its next chunk (reading it, for a stream source). False when none is left.
-  bool TakeNextChunk(Slot* slot, absl::Status* read_status);
+  // Gives `slot` its next chunk (reading it, for a stream source). When nothing is mapped yet,
+  // parks `slot` for the planner to continue.
+  Taken TakeNextChunk(Slot* slot, absl::Status* read_status);
   absl::Status ReadStreamChunk(Slot* slot);
   // Starts the destination write; returns true when it completed synchronously.
   bool StartWrite(Slot* slot, absl::Status* status, std::vector<Pending>* ready);
@@ -97,11 +115,14 @@ class Copier {
 
   // The plan: guarded by plan_mutex_ (a stream source is also read under it, to keep order).
   std::mutex plan_mutex_;
-  std::vector<Range> ranges_;
-  size_t range_index_ = 0;
-  uint64_t range_position_ = 0;  // offset within ranges_[range_index_]
-  uint64_t stream_offset_ = 0;   // stream sources: bytes read so far
+  std::optional<CopyPlan> plan_;  // absent for a stream source
+  std::vector<Slot*> waiting_for_map_;
+  bool planner_stop_ = false;
+  std::condition_variable plan_wanted_;  // the planner waits here for a reason to map more
+  uint64_t stream_offset_ = 0;           // stream sources: bytes read so far
   bool stream_ended_ = false;
+  // Maps the source beyond the first window; started and joined by Run().
+  std::thread planner_;
 
   // Stream destinations: finished reads wait here until every earlier byte is written.
   std::mutex order_mutex_;

@@ -34,18 +34,6 @@ absl::Status ErrnoError(absl::string_view what, int error) {
 
 const char* SideName(Side side) { return side == Side::kSource ? "source" : "destination"; }
 
-void AppendRange(std::vector<Range>* ranges, Range range) {
-  if (range.length == 0) return;
-  if (!ranges->empty()) {
-    Range& last = ranges->back();
-    if (last.zero == range.zero && last.offset + last.length == range.offset) {
-      last.length += range.length;
-      return;
-    }
-  }
-  ranges->push_back(range);
-}
-
 absl::StatusOr<std::unique_ptr<Endpoint>> Endpoint::Open(const std::string& spec, Side side,
                                                          const NbdOptions& nbd_options) {
   std::unique_ptr<Endpoint> endpoint(new Endpoint());
@@ -126,79 +114,85 @@ std::optional<uint64_t> Endpoint::maximum_request() const {
   return client_->export_info().block_size.maximum;
 }
 
-absl::StatusOr<std::vector<Range>> Endpoint::MapSource(bool use_extents) const {
-  const uint64_t size = size_.value_or(0);
+uint64_t Endpoint::minimum_request() const {
+  if (kind_ != EndpointKind::kNbd) return 1;
+  return std::max<uint64_t>(client_->export_info().block_size.minimum, 1);
+}
+
+absl::StatusOr<std::vector<Range>> Endpoint::MapSource(uint64_t offset, uint64_t length,
+                                                       bool use_extents) const {
   if (use_extents && kind_ == EndpointKind::kNbd &&
       client_->export_info().FindMetaContext(kBaseAllocation) != nullptr) {
-    return MapNbdSource();
+    return MapNbdSource(offset, length);
   }
-  if (use_extents && kind_ == EndpointKind::kFile && regular_file_) return MapFileSource();
-  std::vector<Range> ranges;
-  AppendRange(&ranges, Range{0, size, false});
-  return ranges;
+  if (use_extents && kind_ == EndpointKind::kFile && regular_file_) {
+    return MapFileSource(offset, length);
+  }
+  return std::vector<Range>{Range{offset, size_.value_or(0) - offset, false}};
 }
 
-absl::StatusOr<std::vector<Range>> Endpoint::MapNbdSource() const {
+absl::StatusOr<std::vector<Range>> Endpoint::MapNbdSource(uint64_t offset,
+                                                          uint64_t length) const {
   const uint32_t context_id = client_->export_info().FindMetaContext(kBaseAllocation)->id;
   const uint64_t size = *size_;
+  std::vector<std::pair<uint32_t, std::vector<nbdring::Extent>>> replies;
+  absl::Status status = client_->BlockStatusSync(length, offset, &replies);
+  if (!status.ok()) {
+    return absl::Status(status.code(),
+                        absl::StrCat("source ", spec_, ": block status at offset ", offset,
+                                     " (length ", length, ") failed: ", status.message()));
+  }
   std::vector<Range> ranges;
-  uint64_t offset = 0;
-  while (offset < size) {
-    std::vector<std::pair<uint32_t, std::vector<nbdring::Extent>>> replies;
-    absl::Status status = client_->BlockStatusSync(size - offset, offset, &replies);
-    if (!status.ok()) {
-      return absl::Status(status.code(),
-                          absl::StrCat("source block status at offset ", offset,
-                                       " failed: ", status.message()));
+  uint64_t position = offset;
+  for (const auto& [id, extents] : replies) {
+    if (id != context_id) continue;
+    for (const nbdring::Extent& extent : extents) {
+      // The last extent may run past the end of the export; what is past it does not exist.
+      const uint64_t extent_length = std::min(extent.length, size - position);
+      const bool zero = (extent.flags & nbd::kStateZero) != 0;
+      AppendRange(&ranges, Range{position, extent_length, zero});
+      position += extent_length;
+      if (position == size) break;
     }
-    const uint64_t start = offset;
-    for (const auto& [id, extents] : replies) {
-      if (id != context_id) continue;
-      for (const nbdring::Extent& extent : extents) {
-        // The last extent may run past the end of the export; what is past it does not exist.
-        const uint64_t length = std::min(extent.length, size - offset);
-        AppendRange(&ranges, Range{offset, length, (extent.flags & nbd::kStateZero) != 0});
-        offset += length;
-        if (offset == size) break;
-      }
-    }
-    if (offset == start) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "source block status at offset ", offset, " described no bytes of base:allocation"));
-    }
+  }
+  if (position == offset) {
+    return absl::FailedPreconditionError(absl::StrCat("source ", spec_,
+                                                      ": block status at offset ", offset,
+                                                      " described no bytes of base:allocation"));
   }
   return ranges;
 }
 
-absl::StatusOr<std::vector<Range>> Endpoint::MapFileSource() const {
-  const uint64_t size = *size_;
+absl::StatusOr<std::vector<Range>> Endpoint::MapFileSource(uint64_t offset,
+                                                           uint64_t length) const {
+  const uint64_t end = std::min(*size_, offset + length);
   std::vector<Range> ranges;
-  uint64_t offset = 0;
-  while (offset < size) {
-    const off_t data = lseek(fd_, static_cast<off_t>(offset), SEEK_DATA);
+  uint64_t position = offset;
+  while (position < end) {
+    const off_t data = lseek(fd_, static_cast<off_t>(position), SEEK_DATA);
     if (data < 0) {
       if (errno == ENXIO) {  // only a hole remains
-        AppendRange(&ranges, Range{offset, size - offset, true});
+        AppendRange(&ranges, Range{position, end - position, true});
         break;
       }
-      if (errno == EINVAL && offset == 0) {  // no SEEK_DATA on this file system
-        AppendRange(&ranges, Range{0, size, false});
+      if (errno == EINVAL) {  // no SEEK_DATA on this file system: everything is data
+        AppendRange(&ranges, Range{position, end - position, false});
         break;
       }
-      return ErrnoError(absl::StrCat("lseek(SEEK_DATA) on source ", spec_, " at offset ", offset),
-                        errno);
+      return ErrnoError(
+          absl::StrCat("lseek(SEEK_DATA) on source ", spec_, " at offset ", position), errno);
     }
-    const uint64_t data_start = std::min<uint64_t>(static_cast<uint64_t>(data), size);
-    AppendRange(&ranges, Range{offset, data_start - offset, true});
-    if (data_start == size) break;
+    const uint64_t data_start = std::min<uint64_t>(static_cast<uint64_t>(data), end);
+    AppendRange(&ranges, Range{position, data_start - position, true});
+    if (data_start == end) break;
     const off_t hole = lseek(fd_, data, SEEK_HOLE);
     if (hole < 0) {
       return ErrnoError(
           absl::StrCat("lseek(SEEK_HOLE) on source ", spec_, " at offset ", data_start), errno);
     }
-    const uint64_t data_end = std::min<uint64_t>(static_cast<uint64_t>(hole), size);
+    const uint64_t data_end = std::min<uint64_t>(static_cast<uint64_t>(hole), end);
     AppendRange(&ranges, Range{data_start, data_end - data_start, false});
-    offset = data_end;
+    position = data_end;
   }
   return ranges;
 }

@@ -3,8 +3,8 @@
 //
 // Opening an endpoint connects (NBD) or opens (file, stream) it and learns its size, but writes
 // nothing: a destination file is only truncated later, by PrepareDestination(), once the copy
-// is known to be possible. MapSource() says which parts of a source read as zeroes (NBD
-// base:allocation, or SEEK_DATA/SEEK_HOLE for files) so the copier can avoid reading them.
+// is known to be possible. MapSource() says which parts of a window of a source read as zeroes
+// (NBD base:allocation, or SEEK_DATA/SEEK_HOLE for files) so the copier can avoid reading them.
 #ifndef NBDRING_TOOLS_COPY_ENDPOINT_H_
 #define NBDRING_TOOLS_COPY_ENDPOINT_H_
 
@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "nbdring/client.h"
+#include "tools/copy/copy_plan.h"
 
 namespace nbdcopy {
 
@@ -39,13 +40,6 @@ struct NbdOptions {
   absl::Duration request_timeout = absl::ZeroDuration();
 };
 
-// A run of bytes that either holds data or is known to read as zeroes.
-struct Range {
-  uint64_t offset = 0;
-  uint64_t length = 0;
-  bool zero = false;
-};
-
 class Endpoint {
  public:
   // `spec` is an NBD URI, "-", "null:" (destination only) or a path.
@@ -64,10 +58,17 @@ class Endpoint {
   bool is_regular_file() const { return regular_file_; }
   // The largest request the endpoint takes in one go (NBD maximum block size), if limited.
   std::optional<uint64_t> maximum_request() const;
+  // What every request's offset and length must be a multiple of (NBD minimum block size);
+  // 1 for files and streams.
+  uint64_t minimum_request() const;
 
-  // Source only: ranges covering [0, size) in order, adjacent ranges differing in `zero`.
-  // Without extent information (or with `use_extents` false) everything is one data range.
-  absl::StatusOr<std::vector<Range>> MapSource(bool use_extents) const;
+  // Source only: ranges in order from `offset` (< size), adjacent ones differing in `zero`,
+  // describing at least one byte and at most up to the end of the source. They usually end at
+  // `offset + length`, but a server may describe less than asked (the caller asks again from
+  // where they end) or more. Without extent information (or with `use_extents` false) the
+  // rest of the source is one data range.
+  absl::StatusOr<std::vector<Range>> MapSource(uint64_t offset, uint64_t length,
+                                               bool use_extents) const;
 
   // Destination only, called once the copy is known to fit: a regular file is emptied and
   // sized to `source_size` (when known), so that every byte not written reads as zero.
@@ -79,8 +80,8 @@ class Endpoint {
 
  private:
   Endpoint() = default;
-  absl::StatusOr<std::vector<Range>> MapNbdSource() const;
-  absl::StatusOr<std::vector<Range>> MapFileSource() const;
+  absl::StatusOr<std::vector<Range>> MapNbdSource(uint64_t offset, uint64_t length) const;
+  absl::StatusOr<std::vector<Range>> MapFileSource(uint64_t offset, uint64_t length) const;
 
   EndpointKind kind_ = EndpointKind::kNull;
   Side side_ = Side::kSource;
@@ -91,9 +92,6 @@ class Endpoint {
   bool owns_fd_ = false;
   bool regular_file_ = false;
 };
-
-// Appends `range` to `ranges`, merging it into the last one when both agree on `zero`.
-void AppendRange(std::vector<Range>* ranges, Range range);
 
 }  // namespace nbdcopy
 
