@@ -21,11 +21,14 @@
 #include "nbd/export_info.h"
 #include "nbd/handshake.h"
 #include "nbd/wire.h"
+#include "tests/fuzz/fuzz_support.h"
 
 namespace {
 
 using nbd::Handshake;
 using nbd::HandshakeOptions;
+using nbd::fuzzing::Check;
+using nbd::fuzzing::SplitMix;
 
 const char* const kMetaContexts[] = {"base:allocation", "qemu:dirty-bitmap:bitmap0",
                                      "qemu:allocation-depth"};
@@ -41,26 +44,6 @@ std::string ExportName(int choice) {
     default:
       return "\xc3\xa9t\xc3\xa9";  // UTF-8
   }
-}
-
-// Chunk sizes and partial sends: a fixed function of the input, so crashes reproduce.
-class SplitMix {
- public:
-  explicit SplitMix(uint64_t seed) : state_(seed) {}
-  uint64_t Next() {
-    uint64_t z = (state_ += 0x9e3779b97f4a7c15);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111eb;
-    return z ^ (z >> 31);
-  }
-  size_t Below(size_t bound) { return bound == 0 ? 0 : static_cast<size_t>(Next() % bound); }
-
- private:
-  uint64_t state_;
-};
-
-void Check(bool condition) {
-  if (!condition) __builtin_trap();
 }
 
 // Sends output() in pieces, as a socket accepting partial writes would.

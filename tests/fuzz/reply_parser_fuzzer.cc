@@ -32,31 +32,15 @@
 #include "nbd/export_info.h"
 #include "nbd/reply_parser.h"
 #include "nbd/wire.h"
+#include "tests/fuzz/fuzz_support.h"
 
 namespace {
 
 using nbd::InflightRequest;
 using nbd::ReplyEvent;
 using nbd::ReplyParser;
-
-void Check(bool condition) {
-  if (!condition) __builtin_trap();
-}
-
-class SplitMix {
- public:
-  explicit SplitMix(uint64_t seed) : state_(seed) {}
-  uint64_t Next() {
-    uint64_t z = (state_ += 0x9e3779b97f4a7c15);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111eb;
-    return z ^ (z >> 31);
-  }
-  size_t Below(size_t bound) { return bound == 0 ? 0 : static_cast<size_t>(Next() % bound); }
-
- private:
-  uint64_t state_;
-};
+using nbd::fuzzing::Check;
+using nbd::fuzzing::SplitMix;
 
 struct TrackedRequest {
   InflightRequest inflight;

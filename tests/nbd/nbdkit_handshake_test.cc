@@ -150,7 +150,20 @@ class NbdkitHandshakeTest : public ::testing::Test {
     return connection.ok() ? *std::move(connection) : nullptr;
   }
 
+  // Connects and runs a handshake with `options` to its successful end; the connection and the
+  // handshake stay in connection_ and handshake_.
+  void Negotiate(const HandshakeOptions& options) {
+    connection_ = Connect();
+    ASSERT_NE(connection_, nullptr);
+    handshake_ = std::make_unique<Handshake>(options);
+    const absl::Status status = RunHandshake(*connection_, *handshake_);
+    ASSERT_TRUE(status.ok()) << status;
+    ASSERT_EQ(handshake_->state(), Handshake::State::kDone);
+  }
+
   std::unique_ptr<ServerProcess> server_;
+  std::unique_ptr<Connection> connection_;
+  std::unique_ptr<Handshake> handshake_;
 };
 
 // Reads the reply to a request without payload (a write): nbdkit may answer a structured
@@ -231,17 +244,12 @@ std::vector<uint8_t> ReadStructuredReadReply(Connection& connection, uint64_t co
 }
 
 TEST_F(NbdkitHandshakeTest, GoThenWriteReadAndDisconnect) {
-  std::unique_ptr<Connection> connection = Connect();
-  ASSERT_NE(connection, nullptr);
   HandshakeOptions options;
   options.structured_replies = true;
   options.meta_contexts = {"base:allocation"};
-  Handshake handshake(options);
-  const absl::Status status = RunHandshake(*connection, handshake);
-  ASSERT_TRUE(status.ok()) << status;
-  ASSERT_EQ(handshake.state(), Handshake::State::kDone);
+  ASSERT_NO_FATAL_FAILURE(Negotiate(options));
 
-  const ExportInfo& info = handshake.export_info();
+  const ExportInfo& info = handshake_->export_info();
   EXPECT_FALSE(info.oldstyle);
   EXPECT_EQ(info.size, kExportSize);
   EXPECT_EQ(info.reply_mode, ReplyMode::kStructured);
@@ -268,45 +276,42 @@ TEST_F(NbdkitHandshakeTest, GoThenWriteReadAndDisconnect) {
   write.length = kIoSize;
   const size_t header_size = EncodeRequest(write, /*extended=*/false, header);
   ASSERT_EQ(header_size, kCompactRequestSize);
-  ASSERT_TRUE(connection->WriteAll(absl::MakeConstSpan(header, header_size)).ok());
-  ASSERT_TRUE(connection->WriteAll(pattern).ok());
-  ExpectSuccessfulReplyWithoutPayload(*connection, write.cookie);
+  ASSERT_TRUE(connection_->WriteAll(absl::MakeConstSpan(header, header_size)).ok());
+  ASSERT_TRUE(connection_->WriteAll(pattern).ok());
+  ExpectSuccessfulReplyWithoutPayload(*connection_, write.cookie);
 
   RequestHeader read;
   read.command = Command::kRead;
   read.cookie = 0x2222;
   read.offset = kIoOffset;
   read.length = kIoSize;
-  ASSERT_TRUE(connection->WriteAll(absl::MakeConstSpan(
+  ASSERT_TRUE(connection_->WriteAll(absl::MakeConstSpan(
                   header, EncodeRequest(read, /*extended=*/false, header))).ok());
   const std::vector<uint8_t> data =
-      ReadStructuredReadReply(*connection, read.cookie, read.offset, kIoSize);
+      ReadStructuredReadReply(*connection_, read.cookie, read.offset, kIoSize);
   EXPECT_TRUE(data == pattern) << "the data read back differs from the data written";
 
   // NBD_CMD_DISC has no reply: the server just closes the connection.
   RequestHeader disconnect;
   disconnect.command = Command::kDisc;
   disconnect.cookie = 0x3333;
-  ASSERT_TRUE(connection->WriteAll(absl::MakeConstSpan(
+  ASSERT_TRUE(connection_->WriteAll(absl::MakeConstSpan(
                   header, EncodeRequest(disconnect, /*extended=*/false, header))).ok());
-  absl::StatusOr<std::vector<uint8_t>> rest = connection->ReadUntilEof();
+  absl::StatusOr<std::vector<uint8_t>> rest = connection_->ReadUntilEof();
   ASSERT_TRUE(rest.ok()) << rest.status();
   EXPECT_TRUE(rest->empty()) << rest->size() << " bytes after NBD_CMD_DISC";
 }
 
 TEST_F(NbdkitHandshakeTest, SimpleRepliesWhenNotRequested) {
-  std::unique_ptr<Connection> connection = Connect();
-  ASSERT_NE(connection, nullptr);
   HandshakeOptions options;
   options.structured_replies = false;
   options.meta_contexts = {"base:allocation"};  // needs structured replies: not negotiated
-  Handshake handshake(options);
-  const absl::Status status = RunHandshake(*connection, handshake);
-  ASSERT_TRUE(status.ok()) << status;
-  EXPECT_EQ(handshake.export_info().reply_mode, ReplyMode::kSimple);
-  EXPECT_TRUE(handshake.export_info().meta_contexts.empty());
-  EXPECT_FALSE(handshake.export_info().can_df());
-  EXPECT_EQ(handshake.export_info().size, kExportSize);
+  ASSERT_NO_FATAL_FAILURE(Negotiate(options));
+  const ExportInfo& info = handshake_->export_info();
+  EXPECT_EQ(info.reply_mode, ReplyMode::kSimple);
+  EXPECT_TRUE(info.meta_contexts.empty());
+  EXPECT_FALSE(info.can_df());
+  EXPECT_EQ(info.size, kExportSize);
 }
 
 // After NBD_OPT_ABORT nbdkit acknowledges it (or just closes, which proto.md also allows).
@@ -322,45 +327,32 @@ void ExpectAbortAcknowledgedThenEof(Connection& connection) {
 }
 
 TEST_F(NbdkitHandshakeTest, ListShowsTheDefaultExport) {
-  std::unique_ptr<Connection> connection = Connect();
-  ASSERT_NE(connection, nullptr);
   HandshakeOptions options;
   options.goal = Goal::kList;
-  Handshake handshake(options);
-  const absl::Status status = RunHandshake(*connection, handshake);
-  ASSERT_TRUE(status.ok()) << status;
-  ASSERT_EQ(handshake.state(), Handshake::State::kDone);
-  ASSERT_EQ(handshake.exports().size(), 1u);
-  EXPECT_EQ(handshake.exports()[0].name, "");
-  ExpectAbortAcknowledgedThenEof(*connection);
+  ASSERT_NO_FATAL_FAILURE(Negotiate(options));
+  ASSERT_EQ(handshake_->exports().size(), 1u);
+  EXPECT_EQ(handshake_->exports()[0].name, "");
+  ExpectAbortAcknowledgedThenEof(*connection_);
 }
 
 TEST_F(NbdkitHandshakeTest, InfoDescribesTheExportWithoutEnteringTransmission) {
-  std::unique_ptr<Connection> connection = Connect();
-  ASSERT_NE(connection, nullptr);
   HandshakeOptions options;
   options.goal = Goal::kInfo;
-  Handshake handshake(options);
-  const absl::Status status = RunHandshake(*connection, handshake);
-  ASSERT_TRUE(status.ok()) << status;
-  ASSERT_EQ(handshake.state(), Handshake::State::kDone);
-  EXPECT_EQ(handshake.export_info().size, kExportSize);
-  EXPECT_TRUE(handshake.export_info().can_trim());
-  EXPECT_TRUE(handshake.export_info().can_multi_conn());
-  ExpectAbortAcknowledgedThenEof(*connection);
+  ASSERT_NO_FATAL_FAILURE(Negotiate(options));
+  const ExportInfo& info = handshake_->export_info();
+  EXPECT_EQ(info.size, kExportSize);
+  EXPECT_TRUE(info.can_trim());
+  EXPECT_TRUE(info.can_multi_conn());
+  ExpectAbortAcknowledgedThenEof(*connection_);
 }
 
 TEST_F(NbdkitHandshakeTest, ListMetaContextsFindsBaseAllocation) {
-  std::unique_ptr<Connection> connection = Connect();
-  ASSERT_NE(connection, nullptr);
   HandshakeOptions options;
   options.goal = Goal::kListMetaContexts;
   options.meta_contexts = {"base:"};
-  Handshake handshake(options);
-  const absl::Status status = RunHandshake(*connection, handshake);
-  ASSERT_TRUE(status.ok()) << status;
-  EXPECT_THAT(handshake.listed_meta_contexts(), ::testing::ElementsAre("base:allocation"));
-  ExpectAbortAcknowledgedThenEof(*connection);
+  ASSERT_NO_FATAL_FAILURE(Negotiate(options));
+  EXPECT_THAT(handshake_->listed_meta_contexts(), ::testing::ElementsAre("base:allocation"));
+  ExpectAbortAcknowledgedThenEof(*connection_);
 }
 
 TEST(NbdkitExportNameTest, UnknownExportIsNotFound) {

@@ -177,6 +177,19 @@ std::vector<Action> Script(std::initializer_list<std::vector<Action>> parts) {
   return script;
 }
 
+std::vector<uint8_t> Bytes(size_t count, uint8_t value) {
+  return std::vector<uint8_t>(count, value);
+}
+
+// Two requests of `command`: the first gets `bad_reply`, the second `good_reply`.
+std::vector<Action> BadThenGoodReply(Command command, std::vector<Action> bad_reply,
+                                     Action good_reply) {
+  return Script({Negotiate(),
+                 {ExpectRequest(command)},
+                 std::move(bad_reply),
+                 {ExpectRequest(command), std::move(good_reply), ExpectDisconnect()}});
+}
+
 class TransmissionFaultTest : public ::testing::Test {
  protected:
   std::unique_ptr<Client> Connect(const ScriptedServer& server, ClientOptions options = {}) {
@@ -193,6 +206,14 @@ class TransmissionFaultTest : public ::testing::Test {
     client.Pread(buffer->data(), buffer->size(), offset, completions_.For(id));
     if (!completions_.Wait(id)) return absl::DeadlineExceededError("read callback never ran");
     return completions_.status(id);
+  }
+
+  // Reads into `first` at offset 0 and `second` at 2 * kReadSize as requests 0 and 1, both in
+  // flight at once, and waits for both callbacks; false if one never ran.
+  bool ReadTwoAtOnce(Client& client, GuardedBuffer* first, GuardedBuffer* second) {
+    client.Pread(first->data(), first->size(), 0, completions_.For(0));
+    client.Pread(second->data(), second->size(), 2 * kReadSize, completions_.For(1));
+    return completions_.WaitAll();
   }
 
   absl::Status Write(Client& client, const std::vector<uint8_t>& data, uint64_t offset, int id) {
@@ -218,10 +239,7 @@ class TransmissionFaultTest : public ::testing::Test {
                                const std::vector<std::string>& phrases,
                                bool buffer_stays_untouched) {
     ScriptedServer server(
-        Script({Negotiate(),
-                {ExpectRequest(Command::kRead)},
-                bad_reply,
-                {ExpectRequest(Command::kRead), ReplyReadPattern(1), ExpectDisconnect()}}));
+        BadThenGoodReply(Command::kRead, std::move(bad_reply), ReplyReadPattern(1)));
     std::unique_ptr<Client> client = Connect(server);
     ASSERT_NE(client, nullptr);
 
@@ -244,6 +262,26 @@ class TransmissionFaultTest : public ::testing::Test {
     Finish(&client, &server);
   }
 
+  // The same for a write: the write of 512 bytes at offset 0 gets `bad_reply` and must fail
+  // with `code` and every phrase; the next write on the same connection (512 bytes of 0x22 at
+  // offset 4096) must succeed. `received`, if given, gets the requests the server recorded.
+  void ExpectOnlyThatWriteFails(std::vector<Action> bad_reply, absl::StatusCode code,
+                                const std::vector<std::string>& phrases,
+                                std::vector<RecordedRequest>* received = nullptr) {
+    ScriptedServer server(BadThenGoodReply(Command::kWrite, std::move(bad_reply), ReplyNone(1)));
+    std::unique_ptr<Client> client = Connect(server);
+    ASSERT_NE(client, nullptr);
+    absl::Status status = Write(*client, Bytes(512, 0x11), 0, 0);
+    EXPECT_EQ(status.code(), code) << status;
+    for (const std::string& phrase : phrases) {
+      EXPECT_THAT(std::string(status.message()), HasSubstr(phrase));
+    }
+    status = Write(*client, Bytes(512, 0x22), 4096, 1);
+    EXPECT_TRUE(status.ok()) << "the connection did not survive: " << status;
+    Finish(&client, &server);
+    if (received != nullptr) *received = server.requests();
+  }
+
   // A violation that breaks the framing: with two reads in flight, the server sends
   // `bad_reply`; both reads must fail with the same kDataLoss status containing `phrase`,
   // the client must close the connection, and a later read must fail with kUnavailable.
@@ -258,9 +296,7 @@ class TransmissionFaultTest : public ::testing::Test {
 
     GuardedBuffer first(kReadSize);
     GuardedBuffer second(kReadSize);
-    client->Pread(first.data(), first.size(), 0, completions_.For(0));
-    client->Pread(second.data(), second.size(), 2 * kReadSize, completions_.For(1));
-    ASSERT_TRUE(completions_.WaitAll()) << "a request in flight never completed";
+    ASSERT_TRUE(ReadTwoAtOnce(*client, &first, &second)) << "a request in flight never completed";
     for (int id : {0, 1}) {
       absl::Status status = completions_.status(id);
       EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
@@ -284,10 +320,6 @@ class TransmissionFaultTest : public ::testing::Test {
   Watchdog watchdog_{::testing::UnitTest::GetInstance()->current_test_info()->name(),
                      absl::Seconds(60)};
 };
-
-std::vector<uint8_t> Bytes(size_t count, uint8_t value) {
-  return std::vector<uint8_t>(count, value);
-}
 
 // --- The connection dies ---------------------------------------------------------------------
 
@@ -339,9 +371,7 @@ TEST_F(TransmissionFaultTest, DuplicateReplyForACompletedCookie) {
   ASSERT_NE(client, nullptr);
   GuardedBuffer first(kReadSize);
   GuardedBuffer second(kReadSize);
-  client->Pread(first.data(), first.size(), 0, completions_.For(0));
-  client->Pread(second.data(), second.size(), 2 * kReadSize, completions_.For(1));
-  ASSERT_TRUE(completions_.WaitAll());
+  ASSERT_TRUE(ReadTwoAtOnce(*client, &first, &second));
   ASSERT_TRUE(server.Wait().ok()) << server.Wait();
 
   // The read the server answered (twice) succeeded; the other one died with the connection.
@@ -515,25 +545,11 @@ TEST_F(TransmissionFaultTest, ErrorChunkWithErrorValueZero) {
 }
 
 TEST_F(TransmissionFaultTest, ReadDataChunkInReplyToAWrite) {
-  ScriptedServer server(
-      Script({Negotiate(),
-              {
-                  ExpectRequest(Command::kWrite),
-                  ReplyChunk(0, kReplyFlagDone, static_cast<uint16_t>(ReplyType::kOffsetData),
-                             ByteBuilder().U64(0).Fill(8, 1).bytes()),
-                  ExpectRequest(Command::kWrite),
-                  ReplyNone(1),
-                  ExpectDisconnect(),
-              }}));
-  std::unique_ptr<Client> client = Connect(server);
-  ASSERT_NE(client, nullptr);
-  absl::Status status = Write(*client, Bytes(512, 0x66), 0, 0);
-  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
-  EXPECT_THAT(std::string(status.message()),
-              HasSubstr("NBD_REPLY_TYPE_OFFSET_DATA chunk is only valid for NBD_CMD_READ"));
-  status = Write(*client, Bytes(512, 0x77), 512, 1);
-  EXPECT_TRUE(status.ok()) << "the connection did not survive: " << status;
-  Finish(&client, &server);
+  ExpectOnlyThatWriteFails(
+      {ReplyChunk(0, kReplyFlagDone, static_cast<uint16_t>(ReplyType::kOffsetData),
+                  ByteBuilder().U64(0).Fill(8, 1).bytes())},
+      absl::StatusCode::kDataLoss,
+      {"NBD_REPLY_TYPE_OFFSET_DATA chunk is only valid for NBD_CMD_READ"});
 }
 
 TEST_F(TransmissionFaultTest, ReplyBeforeTheWritePayloadWasSent) {
@@ -577,24 +593,10 @@ TEST_F(TransmissionFaultTest, ReplyBeforeTheWritePayloadWasSent) {
 }
 
 TEST_F(TransmissionFaultTest, EnospcFailsOnlyThatWrite) {
-  ScriptedServer server(Script({Negotiate(),
-                                {
-                                    ExpectRequest(Command::kWrite),
-                                    ReplyError(0, kENoSpc, "thin pool exhausted"),
-                                    ExpectRequest(Command::kWrite),
-                                    ReplyNone(1),
-                                    ExpectDisconnect(),
-                                }}));
-  std::unique_ptr<Client> client = Connect(server);
-  ASSERT_NE(client, nullptr);
-  absl::Status status = Write(*client, Bytes(512, 0x11), 0, 0);
-  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
-  EXPECT_THAT(std::string(status.message()), HasSubstr("NBD_ENOSPC"));
-  EXPECT_THAT(std::string(status.message()), HasSubstr("thin pool exhausted"));
-  status = Write(*client, Bytes(512, 0x22), 4096, 1);
-  EXPECT_TRUE(status.ok()) << "the connection did not survive: " << status;
-  Finish(&client, &server);
-  std::vector<RecordedRequest> requests = server.requests();
+  std::vector<RecordedRequest> requests;
+  ASSERT_NO_FATAL_FAILURE(ExpectOnlyThatWriteFails(
+      {ReplyError(0, kENoSpc, "thin pool exhausted")}, absl::StatusCode::kResourceExhausted,
+      {"NBD_ENOSPC", "thin pool exhausted"}, &requests));
   ASSERT_GE(requests.size(), 2u);
   EXPECT_EQ(requests[1].header.offset, 4096u);
   EXPECT_EQ(requests[1].payload, Bytes(512, 0x22));
@@ -634,9 +636,7 @@ TEST_F(TransmissionFaultTest, EshutdownFailsTheReadAndTheClientDisconnects) {
   ASSERT_NE(client, nullptr);
   GuardedBuffer first(kReadSize);
   GuardedBuffer second(kReadSize);
-  client->Pread(first.data(), first.size(), 0, completions_.For(0));
-  client->Pread(second.data(), second.size(), 2 * kReadSize, completions_.For(1));
-  ASSERT_TRUE(completions_.WaitAll());
+  ASSERT_TRUE(ReadTwoAtOnce(*client, &first, &second));
   // The client is still alive: only its own reaction to ESHUTDOWN can end the script.
   absl::Status script = server.Wait(absl::Seconds(5));
   EXPECT_TRUE(script.ok()) << "no soft disconnect after NBD_ESHUTDOWN: " << script;

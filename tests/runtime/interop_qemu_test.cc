@@ -26,20 +26,6 @@ using ::testing::HasSubstr;
 
 constexpr uint64_t kImageSize = 64 * kMiB;
 
-ClientOptions WithContexts(std::vector<std::string> contexts) {
-  ClientOptions options;
-  options.meta_contexts = std::move(contexts);
-  return options;
-}
-
-absl::StatusOr<std::vector<Extent>> ExtentsFor(Client& client, const std::string& context,
-                                               uint64_t length, uint64_t offset) {
-  std::vector<std::pair<uint32_t, std::vector<Extent>>> extents;
-  absl::Status status = client.BlockStatusSync(length, offset, &extents);
-  if (!status.ok()) return status;
-  return ExtentsOf(client, context, extents);
-}
-
 TEST(QemuNbdRawTest, EveryCommandAndTheFileOnDiskAgrees) {
   ASSERT_OK_AND_ASSIGN(auto dir, TempDir::Create());
   std::string image = dir->File("disk.raw");
@@ -47,18 +33,11 @@ TEST(QemuNbdRawTest, EveryCommandAndTheFileOnDiskAgrees) {
   // --discard=unmap: without it qemu ignores trims and a trimmed range would still be data.
   ASSERT_OK_AND_ASSIGN(auto server,
                        ServerProcess::StartQemuNbd(image, "raw", 8, {"--discard=unmap"}));
-  ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri(), WithContexts({"base:allocation"})));
+  ASSERT_OK_AND_ASSIGN(auto client,
+                       ConnectTo(server->uri(), WithMetaContexts({"base:allocation"})));
   const ExportInfo& info = client->export_info();
   EXPECT_EQ(info.size, kImageSize);
-  EXPECT_FALSE(info.read_only());
-  EXPECT_TRUE(info.can_flush());
-  EXPECT_TRUE(info.can_fua());
-  EXPECT_TRUE(info.can_trim());
-  EXPECT_TRUE(info.can_zero());
-  EXPECT_TRUE(info.can_fast_zero());
-  EXPECT_TRUE(info.can_cache());
-  EXPECT_TRUE(info.can_df());
-  EXPECT_TRUE(info.can_multi_conn());
+  EXPECT_TRUE(WritableWithEveryCommand(info));
   EXPECT_TRUE(info.structured_replies());
   // qemu-nbd always sends NBD_INFO_BLOCK_SIZE; its maximum payload is 32 MiB.
   EXPECT_TRUE(info.block_size.advertised);
@@ -102,26 +81,55 @@ TEST(QemuNbdRawTest, EveryCommandAndTheFileOnDiskAgrees) {
 }
 
 // One read through the Operation API that records the holes the server reported.
-struct HoleTrackingRead {
-  Operation operation;
-  std::mutex mutex;
-  std::condition_variable completed;
-  int completions = 0;
-  absl::Status status;
-  std::vector<std::pair<uint64_t, uint64_t>> holes;  // offset in request, length
+class HoleTrackingRead {
+ public:
+  // Reads `buffer.size()` bytes at `offset` into `buffer` and waits up to 60 s for the
+  // completion: its status, or DeadlineExceeded if it never came.
+  absl::Status Run(Client& client, uint64_t offset, absl::Span<uint8_t> buffer) {
+    operation_.command = Command::kRead;
+    operation_.offset = offset;
+    operation_.length = buffer.size();
+    operation_.buffer = buffer.data();
+    operation_.on_hole = &HoleTrackingRead::OnHole;
+    operation_.on_complete = &HoleTrackingRead::OnComplete;
+    operation_.user_data = this;
+    client.Submit(&operation_);
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (!completed_.wait_for(lock, std::chrono::seconds(60), [&] { return completions_ > 0; })) {
+      return absl::DeadlineExceededError("the read did not complete within 60 s");
+    }
+    return status_;
+  }
+  int completions() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return completions_;
+  }
+  // (offset in request, length) of each hole, in the order reported.
+  std::vector<std::pair<uint64_t, uint64_t>> holes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return holes_;
+  }
 
+ private:
   static void OnHole(Operation* operation, uint64_t offset_in_request, uint64_t length) {
     auto* self = static_cast<HoleTrackingRead*>(operation->user_data);
-    std::lock_guard<std::mutex> lock(self->mutex);
-    self->holes.emplace_back(offset_in_request, length);
+    std::lock_guard<std::mutex> lock(self->mutex_);
+    self->holes_.emplace_back(offset_in_request, length);
   }
   static void OnComplete(Operation* operation, const absl::Status& status) {
     auto* self = static_cast<HoleTrackingRead*>(operation->user_data);
-    std::lock_guard<std::mutex> lock(self->mutex);
-    ++self->completions;
-    self->status = UnsharedCopy(status);
-    self->completed.notify_all();
+    std::lock_guard<std::mutex> lock(self->mutex_);
+    ++self->completions_;
+    self->status_ = UnsharedCopy(status);
+    self->completed_.notify_all();
   }
+
+  Operation operation_;
+  std::mutex mutex_;
+  std::condition_variable completed_;
+  int completions_ = 0;
+  absl::Status status_;
+  std::vector<std::pair<uint64_t, uint64_t>> holes_;
 };
 
 TEST(QemuNbdRawTest, SparseReadsArriveAsHoleChunksAndAreZeroed) {
@@ -139,29 +147,16 @@ TEST(QemuNbdRawTest, SparseReadsArriveAsHoleChunksAndAreZeroed) {
   // The buffer starts out non-zero so that a hole the client forgot to zero shows.
   std::vector<uint8_t> buffer(2 * kMiB, 0xa5);
   HoleTrackingRead read;
-  read.operation.command = Command::kRead;
-  read.operation.offset = 0;
-  read.operation.length = buffer.size();
-  read.operation.buffer = buffer.data();
-  read.operation.on_hole = &HoleTrackingRead::OnHole;
-  read.operation.on_complete = &HoleTrackingRead::OnComplete;
-  read.operation.user_data = &read;
-  client->Submit(&read.operation);
-  {
-    std::unique_lock<std::mutex> lock(read.mutex);
-    ASSERT_TRUE(read.completed.wait_for(lock, std::chrono::seconds(60),
-                                        [&] { return read.completions > 0; }));
-    ASSERT_OK(read.status);
-  }
+  ASSERT_OK(read.Run(*client, 0, absl::MakeSpan(buffer)));
 
   std::vector<uint8_t> expected(buffer.size(), 0);
   std::copy(data.begin(), data.end(), expected.begin());
   EXPECT_EQ(DescribeDifference(expected, buffer), "");
-  std::lock_guard<std::mutex> lock(read.mutex);
-  EXPECT_EQ(read.completions, 1);
-  ASSERT_FALSE(read.holes.empty()) << "qemu-nbd sends NBD_REPLY_TYPE_OFFSET_HOLE for sparse reads";
+  EXPECT_EQ(read.completions(), 1);
+  const std::vector<std::pair<uint64_t, uint64_t>> holes = read.holes();
+  ASSERT_FALSE(holes.empty()) << "qemu-nbd sends NBD_REPLY_TYPE_OFFSET_HOLE for sparse reads";
   uint64_t hole_bytes = 0;
-  for (const auto& [offset, length] : read.holes) {
+  for (const auto& [offset, length] : holes) {
     EXPECT_GE(offset, data.size()) << "a hole reported over written data";
     EXPECT_LE(offset + length, buffer.size());
     hole_bytes += length;
@@ -193,21 +188,11 @@ TEST(QemuNbdRawTest, HolesInASplitReadAreReportedRelativeToTheWholeRequest) {
 
   std::vector<uint8_t> buffer(expected.size(), 0xa5);
   HoleTrackingRead read;
-  read.operation.command = Command::kRead;
-  read.operation.length = buffer.size();
-  read.operation.buffer = buffer.data();
-  read.operation.on_hole = &HoleTrackingRead::OnHole;
-  read.operation.on_complete = &HoleTrackingRead::OnComplete;
-  read.operation.user_data = &read;
-  client->Submit(&read.operation);
-  std::unique_lock<std::mutex> lock(read.mutex);
-  ASSERT_TRUE(read.completed.wait_for(lock, std::chrono::seconds(60),
-                                      [&] { return read.completions > 0; }));
-  ASSERT_OK(read.status);
+  ASSERT_OK(read.Run(*client, 0, absl::MakeSpan(buffer)));
   EXPECT_EQ(DescribeDifference(expected, buffer), "");
   // Every hole lies where nothing was written, and together they cover everything else.
   uint64_t hole_bytes = 0;
-  for (const auto& [offset, length] : read.holes) {
+  for (const auto& [offset, length] : read.holes()) {
     ASSERT_LE(offset + length, expected.size());
     for (uint64_t at : {kMiB, 37 * kMiB}) {
       EXPECT_TRUE(offset + length <= at || offset >= at + 128 * kKiB)
@@ -225,7 +210,7 @@ TEST(QemuNbdQcow2Test, WriteReadTrimZeroWithAllocationDepth) {
   // -A offers qemu:allocation-depth.
   ASSERT_OK_AND_ASSIGN(auto server,
                        ServerProcess::StartQemuNbd(image, "qcow2", 8, {"-A", "--discard=unmap"}));
-  ClientOptions options = WithContexts({"base:allocation", "qemu:allocation-depth"});
+  ClientOptions options = WithMetaContexts({"base:allocation", "qemu:allocation-depth"});
   options.connections = 2;
   ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri(), options));
   ASSERT_EQ(client->size(), kImageSize);

@@ -207,6 +207,42 @@ absl::StatusOr<std::vector<Extent>> ExtentsOf(
                                           "' (id ", context->id, ") in the reply"));
 }
 
+absl::StatusOr<std::vector<Extent>> ExtentsFor(Client& client, const std::string& context_name,
+                                               uint64_t length, uint64_t offset, uint16_t flags) {
+  std::vector<std::pair<uint32_t, std::vector<Extent>>> extents;
+  absl::Status status = client.BlockStatusSync(length, offset, &extents, flags);
+  if (!status.ok()) return status;
+  return ExtentsOf(client, context_name, extents);
+}
+
+::testing::AssertionResult WritableWithEveryCommand(const ExportInfo& info) {
+  struct Capability {
+    bool (ExportInfo::*advertised)() const;
+    const char* flag;
+  };
+  static constexpr Capability kCapabilities[] = {
+      {&ExportInfo::can_flush, "NBD_FLAG_SEND_FLUSH"},
+      {&ExportInfo::can_fua, "NBD_FLAG_SEND_FUA"},
+      {&ExportInfo::can_trim, "NBD_FLAG_SEND_TRIM"},
+      {&ExportInfo::can_zero, "NBD_FLAG_SEND_WRITE_ZEROES"},
+      {&ExportInfo::can_fast_zero, "NBD_FLAG_SEND_FAST_ZERO"},
+      {&ExportInfo::can_cache, "NBD_FLAG_SEND_CACHE"},
+      {&ExportInfo::can_df, "NBD_FLAG_SEND_DF"},
+      {&ExportInfo::can_multi_conn, "NBD_FLAG_CAN_MULTI_CONN"},
+  };
+  std::vector<std::string> wrong;
+  if (info.read_only()) wrong.push_back("NBD_FLAG_READ_ONLY set");
+  for (const Capability& capability : kCapabilities) {
+    if (!(info.*capability.advertised)()) {
+      wrong.push_back(absl::StrCat(capability.flag, " missing"));
+    }
+  }
+  if (wrong.empty()) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure()
+         << absl::StrJoin(wrong, ", ")
+         << absl::StrFormat(" (transmission flags 0x%04x)", info.transmission_flags);
+}
+
 absl::Status UnsharedCopy(const absl::Status& status) {
   if (status.ok()) return absl::OkStatus();
   return absl::Status(status.code(), std::string(status.message()));
@@ -322,6 +358,12 @@ void ExpectRefused(Client& client, Operation operation, absl::StatusCode code,
   EXPECT_THAT(std::string(submitted.message()), ::testing::HasSubstr(phrase));
   EXPECT_EQ(waiter.calls(), 1);
   EXPECT_EQ(client.stats().wire_requests, sent_before) << "a refused request was sent";
+}
+
+ClientOptions WithMetaContexts(std::vector<std::string> names) {
+  ClientOptions options;
+  options.meta_contexts = std::move(names);
+  return options;
 }
 
 absl::StatusOr<std::unique_ptr<Client>> ConnectTo(const std::string& uri, ClientOptions options) {

@@ -1,7 +1,7 @@
 // tests/runtime/test_support.h — shared pieces of the runtime's interop, integrity and
 // concurrency tests: status assertions, deterministic random data, running external programs
-// (qemu-img, nbdcopy), comparing buffers, waiting for callbacks with a deadline, reading
-// extents, and a one-shot nbd-server.
+// (qemu-img, nbdcopy), comparing buffers, checking advertised commands, waiting for callbacks
+// with a deadline, reading extents, and a one-shot nbd-server.
 //
 // Everything here fails loudly (a gtest failure or an error status naming what went wrong)
 // rather than hanging: waits have deadlines, child processes are killed with the test.
@@ -95,6 +95,16 @@ absl::StatusOr<std::vector<Extent>> ExtentsOf(
     const Client& client, const std::string& context_name,
     const std::vector<std::pair<uint32_t, std::vector<Extent>>>& extents_by_context);
 
+// BlockStatusSync over [offset, offset + length), then the extents of `context_name` from it.
+absl::StatusOr<std::vector<Extent>> ExtentsFor(Client& client, const std::string& context_name,
+                                               uint64_t length, uint64_t offset,
+                                               uint16_t flags = 0);
+
+// Success when the export is writable and advertises flush, FUA, trim, write zeroes, fast
+// zero, cache, DF and multi-conn (as nbdkit's memory plugin and qemu-nbd with --shared above
+// 1 do); otherwise the failure names each one that is missing and the transmission flags.
+::testing::AssertionResult WritableWithEveryCommand(const ExportInfo& info);
+
 // A copy of `status` that shares no storage with it. Callbacks store this instead of the
 // status they were given: absl::Status shares its message through a reference count that
 // lives in Debian's uninstrumented libabsl, so a status read on the test thread and released
@@ -159,6 +169,9 @@ Operation MakeOperation(Command command, uint64_t offset, uint64_t length,
 // (stats().wire_requests unchanged). Reports failures through gtest.
 void ExpectRefused(Client& client, Operation operation, absl::StatusCode code,
                    const std::string& phrase);
+
+// Default options but for asking for the meta contexts `names`.
+ClientOptions WithMetaContexts(std::vector<std::string> names);
 
 // Connects with `options` (uri filled in from `uri`), returning the error if any.
 absl::StatusOr<std::unique_ptr<Client>> ConnectTo(const std::string& uri,

@@ -95,8 +95,8 @@ struct TrackedRequest {
 
 class Tracker {
  public:
-  // Reads and writes alternately, each at its own offset.
-  void Make(int count) {
+  // `count` requests, reads and writes alternately, each at its own offset.
+  explicit Tracker(int count) {
     for (int i = 0; i < count; ++i) {
       auto request = std::make_unique<TrackedRequest>();
       request->operation.command = i % 2 == 0 ? Command::kRead : Command::kWrite;
@@ -224,162 +224,154 @@ void ExpectNewRequestsFailFast(Client& client) {
   EXPECT_LT(elapsed, absl::Seconds(1)) << "failing two requests took " << elapsed;
 }
 
-TEST(ServerDeathTest, SigkillWithEverySlotInFlightCompletesEachRequestOnceAsUnavailable) {
-  Watchdog watchdog(kTestDeadline);
+// Each test starts its own nbdkit and a client connected to it four ways, and sends the
+// tracker's kRequests requests; the watchdog outlives them all.
+class ServerDeathTest : public ::testing::Test {
+ protected:
+  // Starts nbdkit with `nbdkit_arguments` and connects a client to it, which must get all
+  // kConnections connections.
+  void StartAndConnect(const std::vector<std::string>& nbdkit_arguments,
+                       absl::Duration request_timeout) {
+    auto server = ServerProcess::StartNbdkit(nbdkit_arguments);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    auto connected = ConnectFourWays(*server_, request_timeout);
+    ASSERT_TRUE(connected.ok()) << connected.status();
+    client_ = *std::move(connected);
+    ASSERT_EQ(client_->connections(), kConnections);
+  }
+
+  // SIGKILLs the server with every request sent or queued; every callback must then run
+  // within 10 s.
+  void KillAndWaitForEveryCallback() {
+    watchdog_.Step("callbacks after SIGKILL");
+    const absl::Time killed_at = absl::Now();
+    server_->Kill(SIGKILL);
+    ASSERT_TRUE(tracker_.WaitFor(kRequests, killed_at + absl::Seconds(10)))
+        << tracker_.completed() << " of " << kRequests << " callbacks ran within 10 s of SIGKILL";
+  }
+
+  // The in-flight requests of a server that stops answering end with DeadlineExceeded after
+  // request_timeout, and new requests fail fast afterwards.
+  void ExpectTimeoutOfEveryInFlightRequest(absl::Time submitted_at) {
+    watchdog_.Step("in-flight requests timing out");
+    ASSERT_TRUE(tracker_.WaitFor(kRequests, submitted_at + absl::Seconds(10)))
+        << tracker_.completed() << " of " << kRequests
+        << " callbacks ran within 10 s with request_timeout 1 s";
+    const absl::Duration elapsed = absl::Now() - submitted_at;
+    EXPECT_GE(elapsed, absl::Milliseconds(950)) << "requests timed out before request_timeout";
+    EXPECT_LT(elapsed, absl::Seconds(4)) << "timing out took " << elapsed;
+    ExpectEachCompletedOnceWith(tracker_, absl::StatusCode::kDeadlineExceeded,
+                                "got no reply within 1000 ms");
+    // A connection that had nothing in flight has not timed out and still takes requests; on
+    // the silent server they time out in turn. So a new request fails either at once
+    // (Unavailable: its connection is closed) or after request_timeout (DeadlineExceeded).
+    watchdog_.Step("new requests after the timeouts");
+    std::vector<uint8_t> buffer(kRequestBytes);
+    const absl::Time start = absl::Now();
+    const absl::Status read = client_->PreadSync(buffer.data(), buffer.size(), 0);
+    EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+    EXPECT_TRUE(read.code() == absl::StatusCode::kUnavailable ||
+                read.code() == absl::StatusCode::kDeadlineExceeded)
+        << read;
+  }
+
+  void CloseAndDestroyClient() {
+    watchdog_.Step("destroying the client");
+    EXPECT_TRUE(client_->Close().ok());
+    client_.reset();
+  }
+
+  Watchdog watchdog_{kTestDeadline};
+  std::unique_ptr<ServerProcess> server_;
+  // Declared before the client, which completes whatever is still in flight when destroyed.
+  Tracker tracker_{kRequests};
+  std::unique_ptr<Client> client_;
+};
+
+TEST_F(ServerDeathTest, SigkillWithEverySlotInFlightCompletesEachRequestOnceAsUnavailable) {
   // Each request sits in the server for 2 s, so none can be answered before the kill.
-  auto server =
-      ServerProcess::StartNbdkit({"--filter=delay", "memory", "64M", "rdelay=2", "wdelay=2"});
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto connected = ConnectFourWays(**server, absl::ZeroDuration());
-  ASSERT_TRUE(connected.ok()) << connected.status();
-  std::unique_ptr<Client> client = *std::move(connected);
-  ASSERT_EQ(client->connections(), kConnections);
+  ASSERT_NO_FATAL_FAILURE(StartAndConnect(
+      {"--filter=delay", "memory", "64M", "rdelay=2", "wdelay=2"}, absl::ZeroDuration()));
+  watchdog_.Step("sending 256 requests");
+  ASSERT_TRUE(tracker_.SubmitEachUntilSent(*client_, absl::Seconds(5)))
+      << "only " << client_->stats().wire_requests << " of " << kRequests << " requests sent";
+  ASSERT_EQ(tracker_.completed(), 0u) << "a request completed before the server was killed";
 
-  Tracker tracker;
-  tracker.Make(kRequests);
-  watchdog.Step("sending 256 requests");
-  ASSERT_TRUE(tracker.SubmitEachUntilSent(*client, absl::Seconds(5)))
-      << "only " << client->stats().wire_requests << " of " << kRequests << " requests sent";
-  ASSERT_EQ(tracker.completed(), 0u) << "a request completed before the server was killed";
-
-  watchdog.Step("callbacks after SIGKILL");
   const absl::Time killed_at = absl::Now();
-  (*server)->Kill(SIGKILL);
-  ASSERT_TRUE(tracker.WaitFor(kRequests, killed_at + absl::Seconds(10)))
-      << tracker.completed() << " of " << kRequests << " callbacks ran within 10 s of SIGKILL";
+  ASSERT_NO_FATAL_FAILURE(KillAndWaitForEveryCallback());
   const absl::Duration to_fail_all = absl::Now() - killed_at;
   EXPECT_LT(to_fail_all, absl::Seconds(2)) << "failing the in-flight requests took " << to_fail_all;
-  ExpectEachCompletedOnceWith(tracker, absl::StatusCode::kUnavailable, (*server)->socket_path());
-  const ClientStats stats = client->stats();
+  ExpectEachCompletedOnceWith(tracker_, absl::StatusCode::kUnavailable, server_->socket_path());
+  const ClientStats stats = client_->stats();
   EXPECT_EQ(stats.requests, static_cast<uint64_t>(kRequests));
   EXPECT_EQ(stats.errors, static_cast<uint64_t>(kRequests));
 
-  watchdog.Step("new requests after the death");
-  ExpectNewRequestsFailFast(*client);
+  watchdog_.Step("new requests after the death");
+  ExpectNewRequestsFailFast(*client_);
 
-  watchdog.Step("destroying the client");
-  EXPECT_TRUE(client->Close().ok());
-  client.reset();
+  CloseAndDestroyClient();
   // No callback ran again during Close.
-  for (const std::unique_ptr<TrackedRequest>& request : tracker.requests()) {
+  for (const std::unique_ptr<TrackedRequest>& request : tracker_.requests()) {
     ASSERT_EQ(request->calls.load(), 1);
   }
-  watchdog.Step("reaping the server");
-  EXPECT_TRUE((*server)->Wait().ok());
+  watchdog_.Step("reaping the server");
+  EXPECT_TRUE(server_->Wait().ok());
 }
 
 // 256 requests submitted at once, with four connections of 64 free slots each, all go on the
 // wire: none waits for a slot behind a busy connection while another has free ones.
-TEST(ServerDeathTest, BurstOfRequestsGoesOutOnEveryConnection) {
-  Watchdog watchdog(kTestDeadline);
-  auto server =
-      ServerProcess::StartNbdkit({"--filter=delay", "memory", "64M", "rdelay=2", "wdelay=2"});
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto connected = ConnectFourWays(**server, absl::ZeroDuration());
-  ASSERT_TRUE(connected.ok()) << connected.status();
-  std::unique_ptr<Client> client = *std::move(connected);
-  ASSERT_EQ(client->connections(), kConnections);
-
-  Tracker tracker;
-  tracker.Make(kRequests);
-  watchdog.Step("sending a burst of 256 requests");
-  tracker.SubmitAll(*client);
-  EXPECT_EQ(WaitUntilSent(*client, kRequests, absl::Milliseconds(300)),
+TEST_F(ServerDeathTest, BurstOfRequestsGoesOutOnEveryConnection) {
+  ASSERT_NO_FATAL_FAILURE(StartAndConnect(
+      {"--filter=delay", "memory", "64M", "rdelay=2", "wdelay=2"}, absl::ZeroDuration()));
+  watchdog_.Step("sending a burst of 256 requests");
+  tracker_.SubmitAll(*client_);
+  EXPECT_EQ(WaitUntilSent(*client_, kRequests, absl::Milliseconds(300)),
             static_cast<uint64_t>(kRequests))
       << "requests waited for a slot while other connections had free ones";
-  EXPECT_EQ(client->stats().queue_full_waits, 0u);
+  EXPECT_EQ(client_->stats().queue_full_waits, 0u);
 
   // Whatever was sent or still queued fails once the server is gone.
-  watchdog.Step("callbacks after SIGKILL");
-  (*server)->Kill(SIGKILL);
-  ASSERT_TRUE(tracker.WaitFor(kRequests, absl::Now() + absl::Seconds(10)))
-      << tracker.completed() << " of " << kRequests << " callbacks ran within 10 s of SIGKILL";
-  ExpectEachCompletedOnceWith(tracker, absl::StatusCode::kUnavailable, (*server)->socket_path());
-  watchdog.Step("destroying the client");
-  EXPECT_TRUE(client->Close().ok());
-  client.reset();
-  EXPECT_TRUE((*server)->Wait().ok());
+  ASSERT_NO_FATAL_FAILURE(KillAndWaitForEveryCallback());
+  ExpectEachCompletedOnceWith(tracker_, absl::StatusCode::kUnavailable, server_->socket_path());
+  CloseAndDestroyClient();
+  EXPECT_TRUE(server_->Wait().ok());
 }
 
-// The in-flight requests of a server that stops answering end with DeadlineExceeded after
-// request_timeout, and new requests fail fast afterwards.
-void ExpectTimeoutOfEveryInFlightRequest(Watchdog& watchdog, Client& client, Tracker& tracker,
-                                         absl::Time submitted_at) {
-  watchdog.Step("in-flight requests timing out");
-  ASSERT_TRUE(tracker.WaitFor(kRequests, submitted_at + absl::Seconds(10)))
-      << tracker.completed() << " of " << kRequests
-      << " callbacks ran within 10 s with request_timeout 1 s";
-  const absl::Duration elapsed = absl::Now() - submitted_at;
-  EXPECT_GE(elapsed, absl::Milliseconds(950)) << "requests timed out before request_timeout";
-  EXPECT_LT(elapsed, absl::Seconds(4)) << "timing out took " << elapsed;
-  ExpectEachCompletedOnceWith(tracker, absl::StatusCode::kDeadlineExceeded,
-                              "got no reply within 1000 ms");
-  // A connection that had nothing in flight has not timed out and still takes requests; on
-  // the silent server they time out in turn. So a new request fails either at once
-  // (Unavailable: its connection is closed) or after request_timeout (DeadlineExceeded).
-  watchdog.Step("new requests after the timeouts");
+TEST_F(ServerDeathTest, StoppedServerTimesOutEveryInFlightRequest) {
+  ASSERT_NO_FATAL_FAILURE(StartAndConnect({"memory", "64M"}, absl::Seconds(1)));
   std::vector<uint8_t> buffer(kRequestBytes);
-  const absl::Time start = absl::Now();
-  const absl::Status read = client.PreadSync(buffer.data(), buffer.size(), 0);
-  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
-  EXPECT_TRUE(read.code() == absl::StatusCode::kUnavailable ||
-              read.code() == absl::StatusCode::kDeadlineExceeded)
-      << read;
-}
+  ASSERT_TRUE(client_->PreadSync(buffer.data(), buffer.size(), 0).ok()) << "server answers first";
 
-TEST(ServerDeathTest, StoppedServerTimesOutEveryInFlightRequest) {
-  Watchdog watchdog(kTestDeadline);
-  auto server = ServerProcess::StartNbdkit({"memory", "64M"});
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto connected = ConnectFourWays(**server, absl::Seconds(1));
-  ASSERT_TRUE(connected.ok()) << connected.status();
-  std::unique_ptr<Client> client = *std::move(connected);
-  ASSERT_EQ(client->connections(), kConnections);
-  std::vector<uint8_t> buffer(kRequestBytes);
-  ASSERT_TRUE(client->PreadSync(buffer.data(), buffer.size(), 0).ok()) << "server answers first";
-
-  (*server)->Kill(SIGSTOP);
-  Tracker tracker;
-  tracker.Make(kRequests);
+  server_->Kill(SIGSTOP);
   const absl::Time submitted_at = absl::Now();
-  tracker.SubmitAll(*client);
-  ExpectTimeoutOfEveryInFlightRequest(watchdog, *client, tracker, submitted_at);
+  tracker_.SubmitAll(*client_);
+  ExpectTimeoutOfEveryInFlightRequest(submitted_at);
 
-  watchdog.Step("destroying the client");
-  EXPECT_TRUE(client->Close().ok());
-  client.reset();
-  (*server)->Kill(SIGKILL);
-  (*server)->Kill(SIGCONT);
-  watchdog.Step("reaping the server");
-  EXPECT_TRUE((*server)->Wait().ok());
+  CloseAndDestroyClient();
+  server_->Kill(SIGKILL);
+  server_->Kill(SIGCONT);
+  watchdog_.Step("reaping the server");
+  EXPECT_TRUE(server_->Wait().ok());
 }
 
-TEST(ServerDeathTest, ServerSleepingInDelayFilterTimesOutEveryInFlightRequest) {
-  Watchdog watchdog(kTestDeadline);
+TEST_F(ServerDeathTest, ServerSleepingInDelayFilterTimesOutEveryInFlightRequest) {
   // One worker thread per connection: with several, nbdkit 1.32.5 itself sometimes aborts
   // ("raw_send_socket: Assertion `sock >= 0' failed") when the client closes a timed-out
   // connection while they all abort their sleeps, which resets the other connections before
   // their own requests time out.
-  auto server = ServerProcess::StartNbdkit(
-      {"--threads=1", "--filter=delay", "memory", "64M", "rdelay=1000", "wdelay=1000"});
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto connected = ConnectFourWays(**server, absl::Seconds(1));
-  ASSERT_TRUE(connected.ok()) << connected.status();
-  std::unique_ptr<Client> client = *std::move(connected);
-  ASSERT_EQ(client->connections(), kConnections);
+  ASSERT_NO_FATAL_FAILURE(StartAndConnect(
+      {"--threads=1", "--filter=delay", "memory", "64M", "rdelay=1000", "wdelay=1000"},
+      absl::Seconds(1)));
 
-  Tracker tracker;
-  tracker.Make(kRequests);
   const absl::Time submitted_at = absl::Now();
-  tracker.SubmitAll(*client);
-  ExpectTimeoutOfEveryInFlightRequest(watchdog, *client, tracker, submitted_at);
-  if (HasFailure()) std::fprintf(stderr, "server log:\n%s\n", ServerLogTail(**server).c_str());
+  tracker_.SubmitAll(*client_);
+  ExpectTimeoutOfEveryInFlightRequest(submitted_at);
+  if (HasFailure()) std::fprintf(stderr, "server log:\n%s\n", ServerLogTail(*server_).c_str());
 
-  watchdog.Step("destroying the client");
-  EXPECT_TRUE(client->Close().ok());
-  client.reset();
-  watchdog.Step("stopping the server");
-  server->reset();
+  CloseAndDestroyClient();
+  watchdog_.Step("stopping the server");
+  server_.reset();
 }
 
 }  // namespace
