@@ -122,6 +122,12 @@ class Connection : private nbd::RequestLookup {
   uint64_t outstanding_bytes() const { return outstanding_bytes_ + queued_bytes_; }
   uint32_t in_flight() const { return table_.in_use(); }
   bool send_in_flight() const { return send_in_flight_; }
+  // True while a read or write with a payload of at least `direct_receive_bytes` is in
+  // flight. Such a payload crosses the socket in many steps (the kernel retries the recv or
+  // send in task work each time the socket buffer drains or fills), and each step needs the
+  // ring's thread: a ring waiting out a completion-batching window would stall the transfer,
+  // and the server writing it, for the whole window.
+  bool large_payload_in_flight() const { return large_payloads_in_flight_ > 0; }
   const absl::Status& failure() const { return failure_; }
   const ConnectionCounters& counters() const { return counters_; }
   int index() const { return options_.index; }
@@ -133,8 +139,12 @@ class Connection : private nbd::RequestLookup {
     uint64_t batch = 0;        // send batch that carries the request
     int64_t deadline_ns = 0;
     bool reply_done = false;   // replied, waiting for its batch's send to complete
+    bool large_payload = false;  // counted in large_payloads_in_flight_
     absl::Status deferred_status;
   };
+
+  // Every in-use slot leaves the table through here.
+  void ReleaseSlot(uint64_t cookie, Slot* slot);
 
   nbd::InflightRequest* Find(uint64_t cookie) override;
 
@@ -169,6 +179,7 @@ class Connection : private nbd::RequestLookup {
   OperationQueue pending_;
   uint64_t outstanding_bytes_ = 0;  // staged requests
   uint64_t queued_bytes_ = 0;       // unstaged parts of pending_ (RecountQueuedBytes)
+  uint32_t large_payloads_in_flight_ = 0;
 
   // The send chain.
   IoCompletion send_completion_;

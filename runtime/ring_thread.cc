@@ -18,6 +18,7 @@ absl::StatusOr<std::unique_ptr<RingThread>> RingThread::Start(
   std::unique_ptr<RingThread> ring_thread(new RingThread());
   ring_thread->timeout_check_ns_ = timeout_check_ns;
   ring_thread->batch_delay_ns_ = batch_delay_ns;
+  ring_thread->batch_window_ = BatchWindow(batch_delay_ns);
   ring_thread->batch_min_in_flight_ = batch_min_in_flight;
   int fd = eventfd(0, EFD_CLOEXEC);
   if (fd < 0) return absl::InternalError(absl::StrCat("eventfd: ", std::strerror(errno)));
@@ -232,24 +233,34 @@ void RingThread::Loop() {
       wait_ns = next_timeout_check - now;
     }
     // Completion batching: with many requests in flight the server has work queued, so
-    // reacting a few microseconds later costs it nothing, while letting replies pile up turns
-    // many wakeups (one io_uring_enter and a context switch each) into one.
+    // reacting a few microseconds later costs it little, while letting replies pile up turns
+    // many wakeups (one io_uring_enter and a context switch each) into one. BatchWindow
+    // sizes the wait.
     unsigned wait_count = 1;
     if (batch_delay_ns_ > 0) {
       uint32_t in_flight = 0;
+      uint64_t replies = 0;
       unsigned sends = 0;
+      bool large_payload = false;
       for (const std::unique_ptr<Connection>& connection : connections_) {
         in_flight += connection->in_flight();
+        replies += connection->counters().wire_requests.load(std::memory_order_relaxed) -
+                   connection->in_flight();
         sends += connection->send_in_flight() ? 1 : 0;
+        large_payload = large_payload || connection->large_payload_in_flight();
       }
+      batch_window_.Observe(replies, MonotonicNanoseconds());
       // After a window that ended empty, wait for the first completion instead: a second
-      // empty window would only add an io_uring_enter.
-      if (in_flight >= batch_min_in_flight_ && reaped_last_turn > 0) {
+      // empty window would only add an io_uring_enter. Large payloads are never batched:
+      // see Connection::large_payload_in_flight().
+      const int64_t window_ns = batch_window_.WindowNs(in_flight);
+      if (window_ns > 0 && in_flight >= batch_min_in_flight_ && reaped_last_turn > 0 &&
+          !large_payload) {
         // Wait out the whole window: each connection yields at most one receive completion
         // per turn (plus its send), so this count is never reached and only time ends the
         // wait; replies meanwhile pile up in the socket and one recv takes them all.
         wait_count = static_cast<unsigned>(connections_.size()) + sends + 1;
-        if (wait_ns < 0 || wait_ns > batch_delay_ns_) wait_ns = batch_delay_ns_;
+        if (wait_ns < 0 || wait_ns > window_ns) wait_ns = window_ns;
       }
     }
     ring_->SubmitAndWait(wait_count, wait_ns);

@@ -21,6 +21,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "nbdring/client.h"
+#include "runtime/batch_window.h"
 #include "runtime/connection.h"
 #include "runtime/operation_queue.h"
 #include "runtime/ring.h"
@@ -89,6 +90,7 @@ class RingThread {
   bool closing_ = false;
   int64_t timeout_check_ns_ = 0;
   int64_t batch_delay_ns_ = 0;
+  BatchWindow batch_window_{0};
   uint32_t batch_min_in_flight_ = 0;
   std::atomic<uint64_t> wakeups_{0};
   std::thread thread_;

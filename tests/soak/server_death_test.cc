@@ -11,6 +11,7 @@
 // A watchdog ends the process if any step hangs, naming the step, so a hang is a fast failure
 // rather than a Bazel timeout.
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -344,6 +345,10 @@ TEST_F(ServerDeathTest, StoppedServerTimesOutEveryInFlightRequest) {
   ASSERT_TRUE(client_->PreadSync(buffer.data(), buffer.size(), 0).ok()) << "server answers first";
 
   server_->Kill(SIGSTOP);
+  // kill() returns before every nbdkit thread has stopped; one still running could answer.
+  int wait_status = 0;
+  ASSERT_EQ(waitpid(server_->pid(), &wait_status, WUNTRACED), server_->pid());
+  ASSERT_TRUE(WIFSTOPPED(wait_status));
   const absl::Time submitted_at = absl::Now();
   tracker_.SubmitAll(*client_);
   ExpectTimeoutOfEveryInFlightRequest(submitted_at);
