@@ -10,6 +10,7 @@
 #   tools/bench/perf_matrix.sh                 # everything (about 25 minutes)
 #   SERVERS="memory-unix null-unix" WORKLOADS="randread:4k:16:4" tools/bench/perf_matrix.sh
 #
+# SERVERS may also name null-unix-shared (nbdkit on CPUs 0 and 1, the client on 1).
 # WORKLOADS entries are rw:bs:iodepth:connections. ROUNDS, RUNTIME and RAMP pass through.
 set -euo pipefail
 
@@ -54,6 +55,9 @@ start_server() {
   case "$1" in
     memory-unix) taskset -c 0 nbdkit -f -U "$socket" memory 1G & URI="nbd+unix:///?socket=$socket" ;;
     null-unix) taskset -c 0 nbdkit -f -U "$socket" null 1G & URI="nbd+unix:///?socket=$socket" ;;
+    # The server may also use what the client leaves of CPU 1: client efficiency shows as
+    # server headroom, as on a machine where both share the cores.
+    null-unix-shared) taskset -c 0,1 nbdkit -f -U "$socket" null 1G & URI="nbd+unix:///?socket=$socket" ;;
     memory-tcp) taskset -c 0 nbdkit -f -i 127.0.0.1 -p "$PORT" memory 1G & URI="nbd://127.0.0.1:$PORT/" ;;
     null-tcp) taskset -c 0 nbdkit -f -i 127.0.0.1 -p "$PORT" null 1G & URI="nbd://127.0.0.1:$PORT/" ;;
     qemu-nbd-unix)

@@ -96,8 +96,11 @@ struct ClientOptions {
   bool reconnect = false;
   absl::Duration reconnect_delay = absl::Seconds(30);
   // Completion batching: while a ring has at least `completion_batch_min_in_flight` requests
-  // in flight, it waits up to `completion_batch_delay` for more replies before waking, so one
-  // wakeup handles many replies. Zero delay turns it off (lowest latency, most wakeups).
+  // in flight, it waits a little for more replies before waking, so one wakeup handles many
+  // replies. The wait is sized from the observed reply rate so that about 1/16 of the
+  // requests in flight complete during it, and is at most `completion_batch_delay`; reads
+  // and writes with payloads of `direct_receive_bytes` or more are never batched (their
+  // transfer needs the ring awake). Zero delay turns it off (lowest latency, most wakeups).
   absl::Duration completion_batch_delay = absl::Microseconds(50);
   uint32_t completion_batch_min_in_flight = 8;
 };
