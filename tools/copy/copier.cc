@@ -428,6 +428,12 @@ Copier::Taken Copier::TakeNextChunk(Slot* slot, absl::Status* read_status) {
     if (stream_ended_) return Taken::kNothingLeft;
     *read_status = ReadStreamChunk(slot);
     if (read_status->ok() && slot->length == 0) return Taken::kNothingLeft;
+    // The first chunk past the end of an export fails in StartWrite. Reading no further
+    // keeps it the only one, so the error always names the offset where the export ends.
+    if (destination_->kind() == EndpointKind::kNbd &&
+        slot->offset + slot->length > *destination_->size()) {
+      stream_ended_ = true;
+    }
     return Taken::kChunk;
   }
   while (true) {
