@@ -1,5 +1,7 @@
 #include "tools/bench/embedded_server.h"
 
+#include <dirent.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
@@ -10,6 +12,7 @@
 #include <cstring>
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -134,6 +137,29 @@ EmbeddedServer::~EmbeddedServer() {
 
 std::string EmbeddedServer::uri() const {
   return absl::StrCat("nbd+unix:///?socket=", socket_path_);
+}
+
+absl::Status EmbeddedServer::PinTo(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  // Threads take their creator's mask, so pinning the ones that exist covers the rest.
+  const std::string tasks = absl::StrCat("/proc/", pid_, "/task");
+  DIR* directory = opendir(tasks.c_str());
+  if (directory == nullptr) {
+    return absl::InternalError(absl::StrCat("cannot list ", tasks, ": ", std::strerror(errno)));
+  }
+  absl::Status status;
+  while (dirent* entry = readdir(directory)) {
+    int thread_id = 0;
+    if (!absl::SimpleAtoi(entry->d_name, &thread_id)) continue;  // "." and ".."
+    if (sched_setaffinity(thread_id, sizeof(set), &set) != 0 && errno != ESRCH) {
+      status = absl::InternalError(absl::StrCat("cannot pin nbdkit thread ", thread_id,
+                                                " to CPU ", cpu, ": ", std::strerror(errno)));
+    }
+  }
+  closedir(directory);
+  return status;
 }
 
 }  // namespace nbdbench

@@ -35,6 +35,8 @@ class EmbeddedServer {
   std::string uri() const;
   // What was run, for messages: "nbdkit memory 1G".
   const std::string& description() const { return description_; }
+  // Restricts nbdkit (every thread it has, and so every thread it starts later) to `cpu`.
+  absl::Status PinTo(int cpu);
 
  private:
   EmbeddedServer(std::string directory, std::string socket_path, std::string pid_file,

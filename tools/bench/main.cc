@@ -4,6 +4,7 @@
 // Exit status: 0 success; 1 failure (connection, I/O error, verify mismatch, an export that
 // cannot take the workload); 2 usage error; 128+N when signal N ended the run (the results
 // measured until then are still printed).
+#include <sched.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -17,6 +18,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "nbdring/client.h"
 #include "tools/bench/embedded_server.h"
 #include "tools/bench/flags.h"
@@ -138,6 +140,26 @@ absl::StatusOr<RunResult> RunEngine(EngineKind engine, const RunSpec& spec) {
   return engine == EngineKind::kNbdring ? RunNbdring(spec, Control()) : RunLibnbd(spec, Control());
 }
 
+// Sharing cores, nbdkit and the client disturb each other by 15-100 % from run to run, and
+// which client wins depends on it (docs/performance.md). With the embedded server and no
+// --cpus, nbdkit gets the first CPU this process may use and the client the others.
+void PinEmbeddedServer(EmbeddedServer& server, RunSpec* spec) {
+  cpu_set_t allowed;
+  if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0 || CPU_COUNT(&allowed) < 2) return;
+  std::vector<int> cpus;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (CPU_ISSET(cpu, &allowed)) cpus.push_back(cpu);
+  }
+  if (absl::Status pinned = server.PinTo(cpus.front()); !pinned.ok()) {
+    Note(absl::StrCat("running unpinned: ", pinned.message()));
+    return;
+  }
+  spec->cpus.assign(cpus.begin() + 1, cpus.end());
+  Note(absl::StrCat("embedded nbdkit pinned to CPU ", cpus.front(), ", nbd-bench to CPU",
+                    spec->cpus.size() > 1 ? "s " : " ", absl::StrJoin(spec->cpus, ","),
+                    " (--cpus to choose)"));
+}
+
 int Main(const std::vector<std::string>& arguments) {
   StartSignalThread();
   // A server that goes away must show up as an I/O error with a message, not kill us.
@@ -171,7 +193,8 @@ int Main(const std::vector<std::string>& arguments) {
   }
   absl::StatusOr<RunSpec> made = MakeRunSpec(options, query->info, uri);
   if (!made.ok()) return Fail(made.status());
-  const RunSpec& spec = *made;
+  RunSpec spec = *std::move(made);
+  if (server != nullptr && spec.cpus.empty()) PinEmbeddedServer(*server, &spec);
 
   // Pinned only now, so the embedded server is not; every thread started from here on
   // inherits the set, and each I/O thread then takes one CPU of it.
