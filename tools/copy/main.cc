@@ -173,7 +173,15 @@ int main(int argc, char** argv) {
   nbdcopy::Copier copier(source->get(), destination->get(), copy_options);
   absl::Status status = copier.Run(on_tick, absl::Milliseconds(250));
   if (show_progress) std::fprintf(stderr, "\n");
-  if (!status.ok()) return Fail(kExitFailure, status);
+  if (!status.ok()) {
+    // A failed copy can leave requests in flight whose completions, on one client's ring
+    // thread, still submit to the other client. Closing the source first drains its reads
+    // while the destination is open, then the destination's writes; only then are the
+    // clients destroyed (a ring thread must never submit to a client being destroyed).
+    source->get()->Close().IgnoreError();
+    destination->get()->Close().IgnoreError();
+    return Fail(kExitFailure, status);
+  }
   for (nbdcopy::Endpoint* endpoint : {destination->get(), source->get()}) {
     if (absl::Status closed = endpoint->Close(); !closed.ok()) {
       return Fail(kExitFailure, closed);
