@@ -29,6 +29,9 @@ class BatchWindow {
 
   explicit BatchWindow(int64_t max_delay_ns) : max_delay_ns_(max_delay_ns) {}
 
+  // False when batching is off (a zero completion_batch_delay).
+  bool enabled() const { return max_delay_ns_ > 0; }
+
   // Feeds the running total of replies received and the current time; call once a turn.
   void Observe(uint64_t replies_total, int64_t now_ns) {
     if (sample_start_ns_ == 0) {
@@ -48,7 +51,7 @@ class BatchWindow {
 
   // The wait for `in_flight` requests; 0 means "do not batch, wake on the next completion".
   int64_t WindowNs(uint32_t in_flight) const {
-    if (max_delay_ns_ <= 0) return 0;
+    if (!enabled()) return 0;
     if (ns_per_reply_ == 0) return max_delay_ns_;  // nothing measured yet
     const double window_ns = ns_per_reply_ * in_flight / kQueueShare;
     if (window_ns < kMinimumWindowNs) return 0;

@@ -17,7 +17,6 @@ absl::StatusOr<std::unique_ptr<RingThread>> RingThread::Start(
     int64_t timeout_check_ns, int64_t batch_delay_ns, uint32_t batch_min_in_flight) {
   std::unique_ptr<RingThread> ring_thread(new RingThread());
   ring_thread->timeout_check_ns_ = timeout_check_ns;
-  ring_thread->batch_delay_ns_ = batch_delay_ns;
   ring_thread->batch_window_ = BatchWindow(batch_delay_ns);
   ring_thread->batch_min_in_flight_ = batch_min_in_flight;
   int fd = eventfd(0, EFD_CLOEXEC);
@@ -222,8 +221,9 @@ void RingThread::Loop() {
     if (!local_failures_.empty()) continue;
 
     int64_t wait_ns = -1;
+    const int64_t now =
+        timeout_check_ns_ > 0 || batch_window_.enabled() ? MonotonicNanoseconds() : 0;
     if (timeout_check_ns_ > 0) {
-      int64_t now = MonotonicNanoseconds();
       if (now >= next_timeout_check) {
         for (const std::unique_ptr<Connection>& connection : connections_) {
           connection->CheckTimeouts(now);
@@ -237,7 +237,7 @@ void RingThread::Loop() {
     // many wakeups (one io_uring_enter and a context switch each) into one. BatchWindow
     // sizes the wait.
     unsigned wait_count = 1;
-    if (batch_delay_ns_ > 0) {
+    if (batch_window_.enabled()) {
       uint32_t in_flight = 0;
       uint64_t replies = 0;
       unsigned sends = 0;
@@ -249,7 +249,7 @@ void RingThread::Loop() {
         sends += connection->send_in_flight() ? 1 : 0;
         large_payload = large_payload || connection->large_payload_in_flight();
       }
-      batch_window_.Observe(replies, MonotonicNanoseconds());
+      batch_window_.Observe(replies, now);
       // After a window that ended empty, wait for the first completion instead: a second
       // empty window would only add an io_uring_enter. Large payloads are never batched:
       // see Connection::large_payload_in_flight().

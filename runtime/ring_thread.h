@@ -89,7 +89,6 @@ class RingThread {
   std::atomic<bool> close_requested_{false};
   bool closing_ = false;
   int64_t timeout_check_ns_ = 0;
-  int64_t batch_delay_ns_ = 0;
   BatchWindow batch_window_{0};
   uint32_t batch_min_in_flight_ = 0;
   std::atomic<uint64_t> wakeups_{0};

@@ -70,7 +70,9 @@ TEST(BatchWindowTest, IdleSamplesKeepTheLastRate) {
 
 TEST(BatchWindowTest, ZeroDelayDisablesBatching) {
   BatchWindow window(0);
+  EXPECT_FALSE(window.enabled());
   EXPECT_EQ(window.WindowNs(1000), 0);
+  EXPECT_TRUE(BatchWindow(kMaxDelayNs).enabled());
 }
 
 }  // namespace
