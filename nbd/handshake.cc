@@ -89,6 +89,16 @@ std::vector<uint8_t> MetaContextOptionData(absl::string_view export_name,
   return data;
 }
 
+// Whether a context the server selected answers one of the queries: the exact name, or a name
+// inside a queried namespace ("qemu:" or "qemu:dirty-bitmap:", which servers expand).
+bool AnswersAQuery(absl::string_view name, const std::vector<std::string>& queries) {
+  for (const std::string& query : queries) {
+    if (name == query) return true;
+    if (absl::EndsWith(query, ":") && absl::StartsWith(name, query)) return true;
+  }
+  return false;
+}
+
 absl::Status ProtocolError(absl::string_view message) { return absl::InternalError(message); }
 
 absl::Status CheckServerString(absl::string_view what, size_t length) {
@@ -512,13 +522,19 @@ absl::Status Handshake::OnOptionReply(uint32_t reply, absl::Span<const uint8_t> 
             !status.ok()) {
           return status;
         }
-        // Ids are only meaningful (and unique) for contexts selected by SET_META_CONTEXT.
+        // Ids are only meaningful (and unique) for contexts selected by SET_META_CONTEXT, and
+        // a selected context must answer one of our queries: the runtime decodes block status
+        // by what it asked for, so a context it never asked for is a server bug, not a bonus.
         if (pending_option_ == Option::kSetMetaContext) {
+          if (!AnswersAQuery(context.name, options_.meta_contexts)) {
+            return ProtocolError(absl::StrCat("NBD_OPT_SET_META_CONTEXT: server selected '",
+                                              context.name, "', which no query asked for"));
+          }
           for (const MetaContext& earlier : offered_contexts_) {
-            if (earlier.id == context.id) {
+            if (earlier.id == context.id || earlier.name == context.name) {
               return ProtocolError(absl::StrCat(
-                  "NBD_OPT_SET_META_CONTEXT: server gave id ", context.id, " to both '",
-                  earlier.name, "' and '", context.name, "'"));
+                  "NBD_OPT_SET_META_CONTEXT: server gave id ", context.id, " to '",
+                  context.name, "' after id ", earlier.id, " to '", earlier.name, "'"));
             }
           }
         }

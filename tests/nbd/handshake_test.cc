@@ -687,7 +687,54 @@ TEST(HandshakeTest, SetMetaContextWithDuplicateIdsIsAnError) {
   Outcome outcome = Negotiate(options, server);
   EXPECT_EQ(outcome.status.code(), absl::StatusCode::kInternal);
   EXPECT_THAT(outcome.message(),
-              HasSubstr("id 1 to both 'base:allocation' and 'qemu:dirty-bitmap:x'"));
+              HasSubstr("id 1 to 'qemu:dirty-bitmap:x' after id 1 to 'base:allocation'"));
+}
+
+TEST(HandshakeTest, SetMetaContextSelectingTheSameNameTwiceIsAnError) {
+  HandshakeOptions options = Options();
+  options.meta_contexts = {"base:allocation"};
+  const Bytes server = Concat({
+      NewstyleGreeting(kServerFixedNewstyle), Reply(kOptStructuredReply, kRepAck),
+      MetaContextReply(kOptSetMetaContext, 1, "base:allocation"),
+      MetaContextReply(kOptSetMetaContext, 2, "base:allocation")});
+  Outcome outcome = Negotiate(options, server);
+  EXPECT_EQ(outcome.status.code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(outcome.message(),
+              HasSubstr("id 2 to 'base:allocation' after id 1 to 'base:allocation'"));
+}
+
+// Found by handshake_fuzzer: a server answering one query with three contexts made the client
+// report contexts it never asked for, which block status would then decode as if it had.
+TEST(HandshakeTest, SetMetaContextSelectingAContextNoQueryAskedForIsAnError) {
+  HandshakeOptions options = Options();
+  options.meta_contexts = {"base:allocation"};
+  const Bytes server = Concat({
+      NewstyleGreeting(kServerFixedNewstyle), Reply(kOptStructuredReply, kRepAck),
+      MetaContextReply(kOptSetMetaContext, 1, "base:allocation"),
+      MetaContextReply(kOptSetMetaContext, 2, "qemu:dirty-bitmap:bitmap0")});
+  Outcome outcome = Negotiate(options, server);
+  EXPECT_EQ(outcome.status.code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(outcome.message(),
+              HasSubstr("server selected 'qemu:dirty-bitmap:bitmap0', which no query asked for"));
+}
+
+TEST(HandshakeTest, SetMetaContextNamespaceQuerySelectsEveryContextInIt) {
+  HandshakeOptions options = Options();
+  options.meta_contexts = {"qemu:dirty-bitmap:"};
+  const Bytes server = Concat({
+      NewstyleGreeting(kServerFixedNewstyle | kServerNoZeroes),
+      Reply(kOptStructuredReply, kRepAck),
+      MetaContextReply(kOptSetMetaContext, 4, "qemu:dirty-bitmap:a"),
+      MetaContextReply(kOptSetMetaContext, 5, "qemu:dirty-bitmap:b"),
+      Reply(kOptSetMetaContext, kRepAck),
+      InfoExport(kOptGo, kOneMebibyte, kTypicalFlags),
+      Reply(kOptGo, kRepAck),
+  });
+  Outcome outcome = Negotiate(options, server);
+  ASSERT_TRUE(outcome.status.ok()) << outcome.status;
+  ASSERT_EQ(outcome.info.meta_contexts.size(), 2u);
+  ASSERT_NE(outcome.info.FindMetaContext("qemu:dirty-bitmap:b"), nullptr);
+  EXPECT_EQ(outcome.info.FindMetaContext("qemu:dirty-bitmap:b")->id, 5u);
 }
 
 TEST(HandshakeTest, MetaContextReplyShorterThanItsIdIsAnError) {
