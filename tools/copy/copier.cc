@@ -260,14 +260,14 @@ absl::Status Copier::Run(const std::function<void(const CopyProgress&)>& on_tick
   const auto tick = absl::ToChronoMilliseconds(tick_interval);
   {
     std::unique_lock<std::mutex> lock(done_mutex_);
-    while (active_slots_ > 0) {
+    while (!Finished()) {
       if (on_tick) {
-        if (done_.wait_for(lock, tick, [this] { return active_slots_ == 0; })) break;
+        if (done_.wait_for(lock, tick, [this] { return Finished(); })) break;
         lock.unlock();
         on_tick(CopyProgress{bytes_done_.load(std::memory_order_relaxed), total_bytes_});
         lock.lock();
       } else {
-        done_.wait(lock, [this] { return active_slots_ == 0; });
+        done_.wait(lock, [this] { return Finished(); });
       }
     }
   }
@@ -334,6 +334,10 @@ void Copier::RunIoThread() {
 void Copier::Drive(Slot* first, absl::Status status) {
   // Synchronous steps loop here instead of recursing, so a long run of file I/O on one thread
   // never deepens the stack.
+  {
+    std::lock_guard<std::mutex> lock(done_mutex_);
+    ++drives_in_progress_;
+  }
   std::vector<Pending> ready;
   ready.push_back(Pending{first, std::move(status)});
   while (!ready.empty()) {
@@ -341,6 +345,9 @@ void Copier::Drive(Slot* first, absl::Status status) {
     ready.pop_back();
     Advance(pending.slot, std::move(pending.status), &ready);
   }
+  // Notifying under the lock: once Run() sees Finished(), the Copier may be destroyed.
+  std::lock_guard<std::mutex> lock(done_mutex_);
+  if (--drives_in_progress_ == 0 && Finished()) done_.notify_all();
 }
 
 void Copier::Advance(Slot* slot, absl::Status status, std::vector<Pending>* ready) {
@@ -567,7 +574,9 @@ void Copier::Fail(absl::Status status, std::vector<Pending>* ready) {
 
 void Copier::FinishSlot() {
   std::lock_guard<std::mutex> lock(done_mutex_);
-  if (--active_slots_ == 0) done_.notify_all();
+  if (--active_slots_ == 0 && Finished()) done_.notify_all();
 }
+
+bool Copier::Finished() const { return active_slots_ == 0 && drives_in_progress_ == 0; }
 
 }  // namespace nbdcopy

@@ -17,7 +17,8 @@
 // two sides; a source whose size cannot be cut into such chunks is refused before any write.
 //
 // Every completion is checked. The first failure stops the copy; Run() then returns an error
-// naming the side, the offset and the server's (or the system's) message. Run() returns OK only
+// naming the side, the offset and the server's (or the system's) message, once no request is
+// in flight and no thread of the copy is still inside a call on either endpoint. Run() returns OK only
 // when every byte of the source was written to the destination (and flushed when asked).
 #ifndef NBDRING_TOOLS_COPY_COPIER_H_
 #define NBDRING_TOOLS_COPY_COPIER_H_
@@ -103,6 +104,7 @@ class Copier {
   bool WriteInOrder(Slot* slot, absl::Status* status, std::vector<Pending>* ready);
   void Fail(absl::Status status, std::vector<Pending>* ready);
   void FinishSlot();
+  bool Finished() const;  // requires done_mutex_
 
   Endpoint* const source_;
   Endpoint* const destination_;
@@ -142,6 +144,11 @@ class Copier {
   std::mutex done_mutex_;
   std::condition_variable done_;
   int active_slots_ = 0;  // guarded by done_mutex_
+  // Threads inside Drive(). A slot's last completion can arrive on the destination's ring
+  // thread while the thread that submitted it is still returning from Client::Submit, so
+  // "every slot finished" alone would let Run() return (and the caller destroy the clients)
+  // under a thread still using one. Run() waits for both counts to reach zero.
+  int drives_in_progress_ = 0;  // guarded by done_mutex_
   absl::Status first_error_;  // guarded by done_mutex_
 };
 

@@ -174,10 +174,8 @@ int main(int argc, char** argv) {
   absl::Status status = copier.Run(on_tick, absl::Milliseconds(250));
   if (show_progress) std::fprintf(stderr, "\n");
   if (!status.ok()) {
-    // A failed copy can leave requests in flight whose completions, on one client's ring
-    // thread, still submit to the other client. Closing the source first drains its reads
-    // while the destination is open, then the destination's writes; only then are the
-    // clients destroyed (a ring thread must never submit to a client being destroyed).
+    // Run() returned only after every request completed, so closing cannot add news; the
+    // copy's error is the one worth reporting.
     source->get()->Close().IgnoreError();
     destination->get()->Close().IgnoreError();
     return Fail(kExitFailure, status);
