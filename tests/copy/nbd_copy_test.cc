@@ -499,6 +499,35 @@ TEST_F(NbdCopyTest, PipesBothWays) {
   EXPECT_TRUE(ReadFile(File("piped.img")) == expected);
 }
 
+TEST_F(NbdCopyTest, StreamEndingInsideADestinationBlockKeepsTheBytesAfterIt) {
+  // The policy filter fails any request that is not whole 4 KiB blocks. The stream ends 1984
+  // bytes into a block: nbd-copy must read that block and write it back whole, with the
+  // destination's own bytes after the stream's end.
+  std::unique_ptr<ServerProcess> server =
+      StartNbdkit({"--filter=blocksize-policy", "memory", "1M", "blocksize-minimum=4096",
+                   "blocksize-error-policy=error"});
+  ASSERT_NE(server, nullptr);
+  const std::string before = RandomBytes(kMiB, 81);
+  WriteFile(File("before.img"), before);
+  Outcome outcome = RunCopy({File("before.img"), server->uri()}, *dir_);
+  ASSERT_EQ(outcome.exit_status, 0) << outcome.err;
+
+  const std::string stream = RandomBytes(600000, 82);
+  WriteFile(File("stream.img"), stream);
+  outcome = RunShell(absl::StrCat("cat ", Quote(File("stream.img")), " | ", CopyPath(),
+                                  " --request-size=64k - ", Quote(server->uri())),
+                     *dir_);
+  ASSERT_EQ(outcome.exit_status, 0) << outcome.err;
+  std::unique_ptr<nbdring::Client> client = Connect(*server);
+  ASSERT_NE(client, nullptr);
+  const std::string after = ReadExport(*client);
+  ASSERT_EQ(after.size(), kMiB);
+  EXPECT_TRUE(after.compare(0, stream.size(), stream) == 0) << "the stream was not copied";
+  EXPECT_TRUE(after.compare(stream.size(), std::string::npos, before, stream.size(),
+                            std::string::npos) == 0)
+      << "the bytes after the stream's end were changed";
+}
+
 TEST_F(NbdCopyTest, StreamLargerThanTheExportFails) {
   WriteFile(File("big.img"), RandomBytes(2 * kMiB, 5));
   std::unique_ptr<ServerProcess> server = StartNbdkit({"memory", "1M"});

@@ -76,14 +76,15 @@ absl::Status WriteFully(int fd, const unsigned char* buffer, uint64_t length) {
 }  // namespace
 
 struct Copier::Slot {
-  enum class Phase { kIdle, kReading, kWriting };
+  enum class Phase { kIdle, kReading, kReadingTail, kWriting };
   Copier* copier = nullptr;
   unsigned char* buffer = nullptr;
   nbdring::Operation operation;
   Phase phase = Phase::kIdle;
   ChunkKind kind = ChunkKind::kCopy;
   uint64_t offset = 0;
-  uint64_t length = 0;
+  uint64_t length = 0;        // source bytes in buffer
+  uint64_t write_length = 0;  // bytes written: length, or up to the next block for a tail
 };
 
 Copier::Copier(Endpoint* source, Endpoint* destination, const CopyOptions& options)
@@ -128,6 +129,7 @@ absl::Status Copier::Plan() {
   }
   absl::StatusOr<uint64_t> alignment = ChunkAlignment();
   if (!alignment.ok()) return alignment.status();
+  alignment_ = *alignment;
   options_.request_size = std::max(*alignment, options_.request_size / *alignment * *alignment);
 
   if (total_bytes_.has_value()) {
@@ -366,6 +368,7 @@ void Copier::Advance(Slot* slot, absl::Status status, std::vector<Pending>* read
             return;  // the planner continues it
         }
         if (slot->kind == ChunkKind::kZeroCommand) {
+          slot->write_length = slot->length;
           slot->phase = Phase::kWriting;
           if (!StartWrite(slot, &status, ready)) return;
           break;
@@ -407,9 +410,36 @@ void Copier::Advance(Slot* slot, absl::Status status, std::vector<Pending>* read
           FinishSlot();
           return;
         }
+        slot->write_length = slot->length;
+        if (slot->length % alignment_ != 0 && destination_->kind() == EndpointKind::kNbd &&
+            slot->offset + slot->length <= *destination_->size()) {
+          slot->phase = Phase::kReadingTail;
+          StartTailRead(slot);
+          return;
+        }
         slot->phase = Phase::kWriting;
         if (!StartWrite(slot, &status, ready)) return;
         break;
+      case Phase::kReadingTail: {
+        const uint64_t kept = (slot->offset + slot->length) % alignment_;
+        const uint64_t block_offset = slot->offset + slot->length - kept;
+        if (!status.ok()) {
+          Fail(absl::Status(status.code(),
+                            absl::StrCat("the stream ended at offset ", slot->offset + slot->length,
+                                         ", inside a ", alignment_, "-byte block of destination ",
+                                         destination_->spec(), "; reading that block at offset ",
+                                         block_offset, " to complete it failed: ",
+                                         status.message())),
+               ready);
+          FinishSlot();
+          return;
+        }
+        std::memcpy(slot->buffer + slot->length, tail_block_.data() + kept, alignment_ - kept);
+        slot->write_length = slot->length + (alignment_ - kept);
+        slot->phase = Phase::kWriting;
+        if (!StartWrite(slot, &status, ready)) return;
+        break;
+      }
       case Phase::kWriting:
         if (!status.ok()) {
           const char* verb = slot->kind == ChunkKind::kZeroCommand ? "zeroing" : "writing";
@@ -494,6 +524,20 @@ absl::Status Copier::ReadStreamChunk(Slot* slot) {
   return absl::OkStatus();
 }
 
+void Copier::StartTailRead(Slot* slot) {
+  // Slots' offsets and full chunks are multiples of alignment_, so the chunk starts before
+  // the block and the block fits in the buffer (request_size is a multiple of alignment_).
+  const uint64_t end = slot->offset + slot->length;
+  tail_block_.resize(alignment_);
+  nbdring::Operation& operation = slot->operation;
+  operation.command = nbdring::Command::kRead;
+  operation.flags = 0;
+  operation.offset = end - end % alignment_;
+  operation.length = alignment_;
+  operation.buffer = tail_block_.data();
+  destination_->client()->Submit(&operation);
+}
+
 bool Copier::StartWrite(Slot* slot, absl::Status* status, std::vector<Pending>* ready) {
   switch (destination_->kind()) {
     case EndpointKind::kNbd: {
@@ -509,7 +553,7 @@ bool Copier::StartWrite(Slot* slot, absl::Status* status, std::vector<Pending>* 
                                                                 : nbdring::Command::kWrite;
       operation.flags = 0;
       operation.offset = slot->offset;
-      operation.length = slot->length;
+      operation.length = slot->write_length;
       operation.buffer = slot->kind == ChunkKind::kZeroCommand ? nullptr : slot->buffer;
       destination_->client()->Submit(&operation);
       return false;

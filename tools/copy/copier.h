@@ -15,11 +15,15 @@
 // a bounded distance ahead of the slots. A slot that finds nothing mapped yet waits for the
 // planner, which continues it. Chunks are aligned to the larger NBD minimum block size of the
 // two sides; a source whose size cannot be cut into such chunks is refused before any write.
+// A stream's size is learnt only at its end: a last chunk that ends inside a destination block
+// is completed with the destination's own bytes (read, then written back whole), so the bytes
+// past the stream keep their contents.
 //
 // Every completion is checked. The first failure stops the copy; Run() then returns an error
 // naming the side, the offset and the server's (or the system's) message, once no request is
-// in flight and no thread of the copy is still inside a call on either endpoint. Run() returns OK only
-// when every byte of the source was written to the destination (and flushed when asked).
+// in flight and no thread of the copy is still inside a call on either endpoint. Run() returns
+// OK only when every byte of the source was written to the destination (and flushed when
+// asked).
 #ifndef NBDRING_TOOLS_COPY_COPIER_H_
 #define NBDRING_TOOLS_COPY_COPIER_H_
 
@@ -97,6 +101,8 @@ class Copier {
   // parks `slot` for the planner to continue.
   Taken TakeNextChunk(Slot* slot, absl::Status* read_status);
   absl::Status ReadStreamChunk(Slot* slot);
+  // A stream's last chunk ends inside a destination block: reads that block into tail_block_.
+  void StartTailRead(Slot* slot);
   // Starts the destination write; returns true when it completed synchronously.
   bool StartWrite(Slot* slot, absl::Status* status, std::vector<Pending>* ready);
   absl::Status WriteToFile(Slot* slot);
@@ -110,6 +116,9 @@ class Copier {
   Endpoint* const destination_;
   CopyOptions options_;
   ZeroPolicy zero_policy_ = ZeroPolicy::kSkip;
+  uint64_t alignment_ = 1;  // every request's offset and length are multiples of this
+  // The destination's block that a stream's last chunk ends inside (at most one per copy).
+  std::vector<unsigned char> tail_block_;
   std::optional<uint64_t> total_bytes_;
 
   std::vector<std::unique_ptr<Slot>> slots_;
