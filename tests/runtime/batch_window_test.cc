@@ -2,10 +2,16 @@
 // depth, within [kMinimumWindowNs, max delay], and is never learned from an idle period.
 #include "runtime/batch_window.h"
 
+#include <vector>
+
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace nbdring {
 namespace {
+
+using ::testing::Each;
+using ::testing::ElementsAre;
 
 constexpr int64_t kMaxDelayNs = 50'000;
 
@@ -73,6 +79,124 @@ TEST(BatchWindowTest, ZeroDelayDisablesBatching) {
   EXPECT_FALSE(window.enabled());
   EXPECT_EQ(window.WindowNs(1000), 0);
   EXPECT_TRUE(BatchWindow(kMaxDelayNs).enabled());
+}
+
+// Runs one epoch at `replies_per_ms` and returns whether it batched. Observe is called each
+// millisecond, as a busy ring would (more often, really).
+bool RunEpoch(BatchWindow& window, uint64_t* replies_total, int64_t* now_ns,
+              uint64_t replies_per_ms) {
+  const bool batching = window.batching();
+  const uint64_t epochs = window.epochs();
+  while (window.epochs() == epochs) {  // a probe is shorter than an epoch
+    *replies_total += replies_per_ms;
+    *now_ns += 1'000'000;
+    window.Observe(*replies_total, *now_ns);
+  }
+  return batching;
+}
+
+// A ring whose throughput depends on the mode: `batching_rate` or `direct_rate` replies/ms.
+struct Environment {
+  uint64_t batching_rate;
+  uint64_t direct_rate;
+};
+
+// Runs `epochs` epochs; returns how many of them batched.
+int RunEpochs(BatchWindow& window, uint64_t* replies_total, int64_t* now_ns,
+              Environment environment, int epochs) {
+  int batched = 0;
+  for (int i = 0; i < epochs; ++i) {
+    const uint64_t rate = window.batching() ? environment.batching_rate : environment.direct_rate;
+    batched += RunEpoch(window, replies_total, now_ns, rate) ? 1 : 0;
+  }
+  return batched;
+}
+
+TEST(BatchWindowTest, BatchesWhenNotBatchingIsNoFaster) {
+  BatchWindow window(kMaxDelayNs);
+  uint64_t replies = 0;
+  int64_t now_ns = 1;
+  window.Observe(replies, now_ns);
+  EXPECT_TRUE(window.batching());
+  // Equal rates (an application issuing at a fixed rate): batching saves CPU, so it stays.
+  const int epochs = 4 * BatchWindow::kEpochsBetweenProbes;
+  const int batched = RunEpochs(window, &replies, &now_ns, {1000, 1000}, epochs);
+  EXPECT_EQ(window.mode_switches(), 0u);
+  EXPECT_TRUE(window.batching());
+  // Only the probes ran without batching: one epoch in every kEpochsBetweenProbes + 1.
+  EXPECT_GE(batched, epochs - 5);
+  // Faster without batching, but within the margin: still batching.
+  RunEpochs(window, &replies, &now_ns, {1000, 1080}, epochs);
+  EXPECT_EQ(window.mode_switches(), 0u);
+}
+
+TEST(BatchWindowTest, StopsBatchingWhenWakingOnEveryReplyIsClearlyFaster) {
+  BatchWindow window(kMaxDelayNs);
+  uint64_t replies = 0;
+  int64_t now_ns = 1;
+  window.Observe(replies, now_ns);
+  // The first probe comes after kEpochsBeforeFirstProbe epochs and decides at once.
+  RunEpochs(window, &replies, &now_ns, {1000, 1500}, BatchWindow::kEpochsBeforeFirstProbe + 1);
+  EXPECT_EQ(window.mode_switches(), 1u);
+  EXPECT_FALSE(window.batching());
+  EXPECT_EQ(window.WindowNs(1000), 0);
+  // It keeps probing batching, and stays direct while direct stays clearly faster, probing
+  // less and less often.
+  const int epochs = 4 * BatchWindow::kEpochsBetweenProbes;
+  const int batched = RunEpochs(window, &replies, &now_ns, {1000, 1500}, epochs);
+  EXPECT_EQ(window.mode_switches(), 1u);
+  EXPECT_GE(batched, 1);  // the probes: after 63 epochs, then 127 more
+  EXPECT_LE(batched, 2);
+  // The environment changes (say the client got a core of its own): back to batching.
+  RunEpochs(window, &replies, &now_ns, {1000, 900}, BatchWindow::kMaxEpochsBetweenProbes + 1);
+  EXPECT_EQ(window.mode_switches(), 2u);
+  EXPECT_TRUE(window.batching());
+}
+
+// The chosen-mode epochs between consecutive probes, over `epochs` epochs.
+std::vector<int> GapsBetweenProbes(BatchWindow& window, uint64_t* replies_total, int64_t* now_ns,
+                                   Environment environment, int epochs) {
+  std::vector<int> gaps;
+  int gap = 0;
+  for (int i = 0; i < epochs; ++i) {
+    if (window.probing()) {
+      gaps.push_back(gap);
+      gap = 0;
+    } else {
+      ++gap;
+    }
+    RunEpochs(window, replies_total, now_ns, environment, 1);
+  }
+  return gaps;
+}
+
+TEST(BatchWindowTest, ProbesThatBatchingWinsClearlyComeLessAndLessOften) {
+  BatchWindow window(kMaxDelayNs);
+  uint64_t replies = 0;
+  int64_t now_ns = 1;
+  window.Observe(replies, now_ns);
+  // Not batching is slower: each probe doubles the gap, up to kMaxEpochsBetweenProbes.
+  EXPECT_THAT(GapsBetweenProbes(window, &replies, &now_ns, {1000, 800}, 1100),
+              ElementsAre(2, 63, 127, 255, 255, 255));
+  EXPECT_EQ(window.mode_switches(), 0u);
+  // A close call (not batching as fast, yet not enough faster) starts the gaps over.
+  std::vector<int> gaps = GapsBetweenProbes(window, &replies, &now_ns, {1000, 1000}, 400);
+  ASSERT_GE(gaps.size(), 3u);
+  gaps.erase(gaps.begin());  // the rest of the 255 started before
+  EXPECT_THAT(gaps, Each(BatchWindow::kEpochsBetweenProbes));
+  EXPECT_EQ(window.mode_switches(), 0u);
+}
+
+TEST(BatchWindowTest, QuietEpochsNeitherProbeNorDecide) {
+  BatchWindow window(kMaxDelayNs);
+  uint64_t replies = 0;
+  int64_t now_ns = 1;
+  window.Observe(replies, now_ns);
+  // Fewer than kMinimumEpochReplies per epoch: nothing to compare, never a probe.
+  const int epochs = 3 * BatchWindow::kEpochsBetweenProbes;
+  EXPECT_EQ(RunEpochs(window, &replies, &now_ns, {1, 1000}, epochs), epochs);
+  EXPECT_FALSE(window.probing());
+  EXPECT_EQ(window.mode_switches(), 0u);
 }
 
 }  // namespace

@@ -100,7 +100,10 @@ struct ClientOptions {
   // replies. The wait is sized from the observed reply rate so that about 1/16 of the
   // requests in flight complete during it, and is at most `completion_batch_delay`; reads
   // and writes with payloads of `direct_receive_bytes` or more are never batched (their
-  // transfer needs the ring awake). Zero delay turns it off (lowest latency, most wakeups).
+  // transfer needs the ring awake). Each ring also measures whether batching pays (it does
+  // not when the client shares a core with a local server): every 800 ms it runs 25 ms
+  // without batching and stops batching while that gives over 1.1 times the reply rate.
+  // Zero delay turns batching off (lowest latency, most wakeups).
   absl::Duration completion_batch_delay = absl::Microseconds(50);
   uint32_t completion_batch_min_in_flight = 8;
 };
@@ -168,6 +171,11 @@ class Client {
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const ClientOptions& options);
 
   // Drains every request, sends NBD_CMD_DISC and closes. Idempotent.
+  //
+  // An operation can complete (on a ring thread) before the Submit() that queued it has
+  // returned on the submitting thread. So "my last operation completed" does not mean "no
+  // thread is inside a call on this client": destroy the client only after every thread that
+  // calls it is known to have returned (nbd-copy's Copier counts its calls for this).
   ~Client();
   absl::Status Close();
 
