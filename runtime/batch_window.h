@@ -91,7 +91,7 @@ class BatchWindow {
   // Whether this epoch batches: the chosen mode, or the other one while probing.
   bool batching() const { return direct_chosen_ == probing_; }
   bool probing() const { return probing_; }
-  // How often the chosen mode changed (a ring counter for ClientStats).
+  // How often the chosen mode changed (tests; not yet in ClientStats).
   uint64_t mode_switches() const { return mode_switches_; }
   uint64_t epochs() const { return epochs_; }  // ended so far, probes included
 

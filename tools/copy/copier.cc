@@ -367,8 +367,8 @@ void Copier::Advance(Slot* slot, absl::Status status, std::vector<Pending>* read
           case Taken::kWaitingForMap:
             return;  // the planner continues it
         }
+        slot->write_length = slot->length;  // longer only for a stream's last partial block
         if (slot->kind == ChunkKind::kZeroCommand) {
-          slot->write_length = slot->length;
           slot->phase = Phase::kWriting;
           if (!StartWrite(slot, &status, ready)) return;
           break;
@@ -402,15 +402,12 @@ void Copier::Advance(Slot* slot, absl::Status status, std::vector<Pending>* read
       }
       case Phase::kReading:
         if (!status.ok()) {
-          Fail(absl::Status(status.code(),
-                            absl::StrCat("reading source ", source_->spec(), " at offset ",
-                                         slot->offset, " (length ", slot->length,
-                                         ") failed: ", status.message())),
-               ready);
-          FinishSlot();
+          FailSlot(status,
+                   absl::StrCat("reading source ", source_->spec(), " at offset ", slot->offset,
+                                " (length ", slot->length, ")"),
+                   ready);
           return;
         }
-        slot->write_length = slot->length;
         if (slot->length % alignment_ != 0 && destination_->kind() == EndpointKind::kNbd &&
             slot->offset + slot->length <= *destination_->size()) {
           slot->phase = Phase::kReadingTail;
@@ -424,14 +421,12 @@ void Copier::Advance(Slot* slot, absl::Status status, std::vector<Pending>* read
         const uint64_t kept = (slot->offset + slot->length) % alignment_;
         const uint64_t block_offset = slot->offset + slot->length - kept;
         if (!status.ok()) {
-          Fail(absl::Status(status.code(),
-                            absl::StrCat("the stream ended at offset ", slot->offset + slot->length,
-                                         ", inside a ", alignment_, "-byte block of destination ",
-                                         destination_->spec(), "; reading that block at offset ",
-                                         block_offset, " to complete it failed: ",
-                                         status.message())),
-               ready);
-          FinishSlot();
+          FailSlot(status,
+                   absl::StrCat("the stream ended at offset ", slot->offset + slot->length,
+                                ", inside a ", alignment_, "-byte block of destination ",
+                                destination_->spec(), "; reading that block at offset ",
+                                block_offset, " to complete it"),
+                   ready);
           return;
         }
         std::memcpy(slot->buffer + slot->length, tail_block_.data() + kept, alignment_ - kept);
@@ -443,12 +438,10 @@ void Copier::Advance(Slot* slot, absl::Status status, std::vector<Pending>* read
       case Phase::kWriting:
         if (!status.ok()) {
           const char* verb = slot->kind == ChunkKind::kZeroCommand ? "zeroing" : "writing";
-          Fail(absl::Status(status.code(),
-                            absl::StrCat(verb, " destination ", destination_->spec(),
-                                         " at offset ", slot->offset, " (length ", slot->length,
-                                         ") failed: ", status.message())),
-               ready);
-          FinishSlot();
+          FailSlot(status,
+                   absl::StrCat(verb, " destination ", destination_->spec(), " at offset ",
+                                slot->offset, " (length ", slot->length, ")"),
+                   ready);
           return;
         }
         bytes_done_.fetch_add(slot->length, std::memory_order_relaxed);
@@ -614,6 +607,12 @@ void Copier::Fail(absl::Status status, std::vector<Pending>* ready) {
   // the lock orders this wakeup after any slot that parked before failed_ was set.
   std::lock_guard<std::mutex> lock(plan_mutex_);
   plan_wanted_.notify_all();
+}
+
+void Copier::FailSlot(const absl::Status& cause, absl::string_view step,
+                      std::vector<Pending>* ready) {
+  Fail(absl::Status(cause.code(), absl::StrCat(step, " failed: ", cause.message())), ready);
+  FinishSlot();
 }
 
 void Copier::FinishSlot() {

@@ -40,6 +40,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "tools/copy/copy_plan.h"
 #include "tools/copy/endpoint.h"
@@ -109,6 +110,8 @@ class Copier {
   // Streams: writes slots in offset order; returns true if `slot` itself was written.
   bool WriteInOrder(Slot* slot, absl::Status* status, std::vector<Pending>* ready);
   void Fail(absl::Status status, std::vector<Pending>* ready);
+  // Fails the copy with "<step> failed: <cause>" (keeping the cause's code); `slot` is done.
+  void FailSlot(const absl::Status& cause, absl::string_view step, std::vector<Pending>* ready);
   void FinishSlot();
   bool Finished() const;  // requires done_mutex_
 
