@@ -20,6 +20,7 @@ class Client::Impl {
   std::string address_text;
   std::vector<std::unique_ptr<RingThread>> rings;
   std::atomic<uint32_t> next_ring{0};
+  std::atomic<uint64_t> next_submission_id{1};
   std::atomic<bool> closed{false};
   int connection_count = 0;
 
@@ -388,16 +389,19 @@ absl::Status Client::Validate(const Operation& operation) const {
   return absl::OkStatus();
 }
 
-void Client::Cancel(Operation* operation) {
-  uint64_t submission =
-      std::atomic_ref<uint64_t>(operation->submission_).load(std::memory_order_acquire);
-  if (impl_->closed.load(std::memory_order_acquire)) return;
-  // Rings are few (default one): asking each is simpler than tracking where it went.
-  for (const std::unique_ptr<RingThread>& ring : impl_->rings) ring->Cancel(operation, submission);
+void Client::Cancel(Operation* operation, uint64_t submission_id) {
+  if (submission_id == 0 || impl_->closed.load(std::memory_order_acquire)) return;
+  // Rings are few (default one): asking each is simpler than tracking where it went. Each
+  // ring compares the id with the submission it holds, so a stale id matches nothing.
+  for (const std::unique_ptr<RingThread>& ring : impl_->rings) {
+    ring->Cancel(operation, submission_id);
+  }
 }
 
-void Client::Submit(Operation* operation) {
-  std::atomic_ref<uint64_t>(operation->submission_).fetch_add(1, std::memory_order_acq_rel);
+uint64_t Client::Submit(Operation* operation) {
+  const uint64_t submission_id =
+      impl_->next_submission_id.fetch_add(1, std::memory_order_relaxed);
+  std::atomic_ref<uint64_t>(operation->submission_).store(submission_id, std::memory_order_release);
   operation->next_ = nullptr;
   operation->cancelled_ = false;
   operation->staged_bytes_ = 0;
@@ -405,18 +409,19 @@ void Client::Submit(Operation* operation) {
   operation->fully_staged_ = false;
   operation->waited_for_slot_ = false;
   operation->first_error_ = Validate(*operation);
-  if (operation->on_complete == nullptr) return;  // nothing to tell; Validate said why
+  if (operation->on_complete == nullptr) return submission_id;  // nothing to tell
   if (impl_->closed.load(std::memory_order_acquire)) {
     // No ring runs any more: the only place left to complete is here.
     operation->on_complete(operation, absl::UnavailableError("the client is closed"));
-    return;
+    return submission_id;
   }
   if (RingThread* ring = impl_->CurrentRing(); ring != nullptr) {
     ring->Submit(operation);
-    return;
+    return submission_id;
   }
   uint32_t index = impl_->next_ring.fetch_add(1, std::memory_order_relaxed) % impl_->rings.size();
   impl_->rings[index]->Submit(operation);
+  return submission_id;
 }
 
 namespace {

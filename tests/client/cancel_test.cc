@@ -71,11 +71,11 @@ TEST_F(CancelTest, InFlightReadCompletesAtOnceAndTheConnectionStaysUsable) {
   ASSERT_NE(client, nullptr);
   CountedOperation read;
   PrepareRead(read, 0);
-  client->Submit(&read);
+  const uint64_t id = client->Submit(&read);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));  // it is on the wire now
   EXPECT_EQ(client->stats().wire_requests, 1u);
   absl::Time cancelled_at = absl::Now();
-  client->Cancel(&read);
+  client->Cancel(&read, id);
   WaitDone(read);
   EXPECT_LT(absl::Now() - cancelled_at, absl::Seconds(1));
   EXPECT_EQ(read.status.code(), absl::StatusCode::kCancelled);
@@ -97,9 +97,9 @@ TEST_F(CancelTest, QueuedRequestIsNeverSent) {
   PrepareRead(first, 0);
   PrepareRead(second, 4096);
   client->Submit(&first);
-  client->Submit(&second);
+  const uint64_t second_id = client->Submit(&second);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  client->Cancel(&second);
+  client->Cancel(&second, second_id);
   WaitDone(second);
   EXPECT_EQ(second.status.code(), absl::StatusCode::kCancelled);
   WaitDone(first);
@@ -114,10 +114,10 @@ TEST_F(CancelTest, CancellingACompletedRequestDoesNothing) {
   ASSERT_NE(client, nullptr);
   CountedOperation read;
   PrepareRead(read, 0);
-  client->Submit(&read);
+  const uint64_t id = client->Submit(&read);
   WaitDone(read);
   ASSERT_TRUE(read.status.ok()) << read.status;
-  client->Cancel(&read);
+  client->Cancel(&read, id);
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   EXPECT_EQ(read.completions.load(), 1);
   EXPECT_TRUE(client->Close().ok());
@@ -127,12 +127,13 @@ TEST_F(CancelTest, ManyInFlightAllCompleteExactlyOnce) {
   std::unique_ptr<Client> client = Connect(16);
   ASSERT_NE(client, nullptr);
   std::vector<CountedOperation> reads(32);
+  std::vector<uint64_t> ids(reads.size());
   for (size_t i = 0; i < reads.size(); ++i) {
     PrepareRead(reads[i], i * 4096);
-    client->Submit(&reads[i]);
+    ids[i] = client->Submit(&reads[i]);
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  for (size_t i = 0; i < reads.size(); i += 2) client->Cancel(&reads[i]);
+  for (size_t i = 0; i < reads.size(); i += 2) client->Cancel(&reads[i], ids[i]);
   for (CountedOperation& read : reads) WaitDone(read);
   for (size_t i = 0; i < reads.size(); ++i) {
     EXPECT_EQ(reads[i].completions.load(), 1) << i;

@@ -145,7 +145,7 @@ class Operation {
   bool fully_staged_ = false;        // every part has been handed to an in-flight slot
   bool waited_for_slot_ = false;     // counted once in queue_full_waits
   bool cancelled_ = false;           // completing with CancelledError once buffers are free
-  uint64_t submission_ = 0;          // bumped by each Submit (atomic_ref): names a submission
+  uint64_t submission_ = 0;          // id of the newest submission (atomic_ref): see Cancel
   uint64_t last_batch_ = 0;          // newest send batch carrying a part of it
   absl::Status first_error_;         // split requests: the first part's error wins
 };
@@ -192,17 +192,26 @@ class Client {
   // to a ring, which all its connections share: each connection reports its ring's.
   std::vector<ClientStats> connection_stats() const;
 
-  // Validates and queues `operation`. A request the export cannot take (read-only, flag not
-  // advertised, out of range, zero length, misaligned to the minimum block size, ...) completes
-  // through on_complete with InvalidArgument/FailedPrecondition/OutOfRange without being sent.
-  void Submit(Operation* operation);
-  // Asks for `operation` (as submitted most recently) to complete early with CancelledError.
-  // Returns at once; the completion arrives through on_complete on a ring thread as usual,
-  // and not before no kernel operation refers to the caller's buffer any more. A request
-  // still waiting for an in-flight slot is never sent. One already sent cannot be taken back
-  // (NBD has no such command): it completes at once, the server may still carry it out, and
-  // its reply is discarded. Cancelling a request that already completed does nothing.
-  void Cancel(Operation* operation);
+  // Validates and queues `operation`, and returns the id of this submission: unique among
+  // this client's submissions (never 0), and the name Cancel() takes. A request the export
+  // cannot take (read-only, flag not advertised, out of range, zero length, misaligned to the
+  // minimum block size, ...) completes through on_complete with
+  // InvalidArgument/FailedPrecondition/OutOfRange without being sent.
+  //
+  // After Close() has begun, Submit never queues: the operation completes with
+  // UnavailableError — on the calling thread, before Submit returns, when no ring will run
+  // again; otherwise on its ring thread like any other completion. Either way exactly once.
+  uint64_t Submit(Operation* operation);
+  // Asks for submission `submission_id` of `operation` (the value Submit returned) to
+  // complete early with CancelledError. Returns at once; the completion arrives through
+  // on_complete on a ring thread as usual, and not before no kernel operation refers to the
+  // caller's buffer any more. A request still waiting for an in-flight slot is never sent.
+  // One already sent cannot be taken back (NBD has no such command): it completes at once,
+  // the server may still carry it out, and its reply is discarded.
+  // A stale id is harmless: when that submission already completed — even if the same
+  // Operation has been submitted again since, from its callback or any thread — nothing
+  // happens. The Operation is only ever dereferenced by the ring that holds it.
+  void Cancel(Operation* operation, uint64_t submission_id);
   // The same checks, synchronously, without queueing anything.
   absl::Status Validate(const Operation& operation) const;
 

@@ -1,0 +1,124 @@
+#include "tests/testing/completion_tracker.h"
+
+#include <chrono>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
+namespace nbdring::testing {
+namespace {
+
+absl::Status Unshared(const absl::Status& status) {
+  return absl::Status(status.code(), std::string(status.message()));
+}
+
+std::chrono::steady_clock::time_point DeadlineAfter(absl::Duration timeout) {
+  return std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(timeout);
+}
+
+}  // namespace
+
+void CompletionTracker::Track(Operation* operation) {
+  operation->user_data = this;
+  operation->on_complete = &CompletionTracker::OnComplete;
+}
+
+void CompletionTracker::Submitted(const Operation* operation) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++records_[operation].submissions;
+  ++submitted_;
+}
+
+uint64_t CompletionTracker::Submit(Client& client, Operation* operation) {
+  Track(operation);
+  Submitted(operation);
+  return client.Submit(operation);
+}
+
+void CompletionTracker::OnComplete(Operation* operation, const absl::Status& status) {
+  auto* self = static_cast<CompletionTracker*>(operation->user_data);
+  {
+    std::lock_guard<std::mutex> lock(self->mutex_);
+    Record& record = self->records_[operation];
+    ++record.completions;
+    record.status = Unshared(status);
+    ++self->completed_;
+    if (!status.ok()) {
+      ++self->failed_;
+      if (self->first_error_.ok()) self->first_error_ = Unshared(status);
+    }
+  }
+  // The hook may resubmit (counting it first), so it runs before waiters are told.
+  if (self->hook_) self->hook_(operation, status);
+  std::lock_guard<std::mutex> lock(self->mutex_);
+  self->changed_.notify_all();
+}
+
+bool CompletionTracker::WaitFor(uint64_t count, absl::Duration timeout) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  return changed_.wait_until(lock, DeadlineAfter(timeout), [&] { return completed_ >= count; });
+}
+
+bool CompletionTracker::WaitForAll(absl::Duration timeout) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  return changed_.wait_until(lock, DeadlineAfter(timeout),
+                             [&] { return completed_ >= submitted_; });
+}
+
+::testing::AssertionResult CompletionTracker::ExactlyOnce() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const auto& [operation, record] : records_) {
+    if (record.completions != record.submissions) {
+      return ::testing::AssertionFailure()
+             << "operation " << static_cast<const void*>(operation) << " (offset "
+             << operation->offset << " length " << operation->length << ") was submitted "
+             << record.submissions << " time(s) and completed " << record.completions
+             << " time(s); last status: " << record.status;
+    }
+  }
+  return ::testing::AssertionSuccess() << submitted_ << " submissions, each completed once";
+}
+
+uint64_t CompletionTracker::submitted() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return submitted_;
+}
+
+uint64_t CompletionTracker::completed() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return completed_;
+}
+
+uint64_t CompletionTracker::failed() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return failed_;
+}
+
+int CompletionTracker::completions(const Operation* operation) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = records_.find(operation);
+  return it == records_.end() ? 0 : it->second.completions;
+}
+
+absl::Status CompletionTracker::status(const Operation* operation) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = records_.find(operation);
+  return it == records_.end() ? absl::OkStatus() : Unshared(it->second.status);
+}
+
+absl::Status CompletionTracker::first_error() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return Unshared(first_error_);
+}
+
+bool WaitUntil(const std::function<bool()>& done, absl::Duration timeout, absl::Duration poll) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!done()) {
+    if (absl::Now() >= deadline) return false;
+    absl::SleepFor(poll);
+  }
+  return true;
+}
+
+}  // namespace nbdring::testing
