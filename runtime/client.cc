@@ -1,5 +1,7 @@
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -22,6 +24,10 @@ class Client::Impl {
   std::atomic<uint32_t> next_ring{0};
   std::atomic<uint64_t> next_submission_id{1};
   std::atomic<bool> closed{false};
+  // Submit() calls between their check of `closed` and handing the operation to a ring.
+  // Close() waits for this to drain after setting `closed`, so no operation can reach a ring
+  // that has stopped taking its inbox (see Submit).
+  std::atomic<uint32_t> submits_in_progress{0};
   int connection_count = 0;
 
   // The ring whose thread is calling, or nullptr from any other thread.
@@ -62,12 +68,13 @@ struct Negotiated {
 
 absl::StatusOr<Negotiated> OpenAndNegotiate(const ClientOptions& options,
                                             const nbd::NbdUri& address,
-                                            nbd::HandshakeOptions::Goal goal) {
+                                            nbd::HandshakeOptions::Goal goal,
+                                            int abort_fd = -1) {
   absl::Time deadline = absl::Now() + options.connect_timeout;
-  auto fd = ConnectTo(address, deadline);
+  auto fd = ConnectTo(address, deadline, abort_fd);
   if (!fd.ok()) return fd.status();
   nbd::Handshake handshake(MakeHandshakeOptions(options, address, goal));
-  absl::Status status = RunHandshake(fd->get(), handshake, deadline);
+  absl::Status status = RunHandshake(fd->get(), handshake, deadline, abort_fd);
   if (!status.ok()) {
     return absl::Status(status.code(), absl::StrCat("handshake with ", address.ToString(),
                                                     " failed: ", status.message()));
@@ -115,6 +122,24 @@ void OnSyncExtents(Operation* operation, uint32_t context_id, absl::Span<const E
   }
 }
 
+// The same meta contexts by name (ids may differ: the spec lets a server number them per
+// connection).
+bool SameMetaContextNames(const ExportInfo& a, const ExportInfo& b) {
+  if (a.meta_contexts.size() != b.meta_contexts.size()) return false;
+  for (const nbd::MetaContext& context : a.meta_contexts) {
+    if (b.FindMetaContext(context.name) == nullptr) return false;
+  }
+  return true;
+}
+
+// A duration for the rings, where "no limit" (infinite, or zero when `zero_is_none`) is
+// `none_ns`.
+int64_t RingNanoseconds(absl::Duration duration, bool zero_is_none, int64_t none_ns) {
+  if (duration == absl::InfiniteDuration()) return none_ns;
+  if (zero_is_none && duration <= absl::ZeroDuration()) return none_ns;
+  return std::max<int64_t>(absl::ToInt64Nanoseconds(duration), 0);
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
@@ -142,11 +167,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   impl.options = options;
   impl.address_text = address->ToString();
 
-  std::vector<FileDescriptor> sockets;
+  std::vector<Reconnected> sockets;
   auto first = OpenAndNegotiate(options, *address, nbd::HandshakeOptions::Goal::kTransmission);
   if (!first.ok()) return first.status();
   client->info_ = first->info;
-  sockets.push_back(std::move(first->fd));
+  sockets.push_back({std::move(first->fd), first->info});
   const ExportInfo& info = client->info_;
   for (const std::string& context : options.meta_contexts) {
     if (info.FindMetaContext(context) == nullptr) {
@@ -170,13 +195,15 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
                                                              more.status().message()));
     }
     if (more->info.size != info.size || more->info.transmission_flags != info.transmission_flags ||
-        more->info.reply_mode != info.reply_mode) {
+        more->info.reply_mode != info.reply_mode || !SameMetaContextNames(more->info, info)) {
       return absl::FailedPreconditionError(absl::StrCat(
           "connection ", i + 1, " negotiated a different export (size ", more->info.size,
-          " flags 0x", absl::Hex(more->info.transmission_flags), ") than connection 1 (size ",
-          info.size, " flags 0x", absl::Hex(info.transmission_flags), ")"));
+          " flags 0x", absl::Hex(more->info.transmission_flags), ", ",
+          more->info.meta_contexts.size(), " meta context(s)) than connection 1 (size ",
+          info.size, " flags 0x", absl::Hex(info.transmission_flags), ", ",
+          info.meta_contexts.size(), " meta context(s))"));
     }
-    sockets.push_back(std::move(more->fd));
+    sockets.push_back({std::move(more->fd), more->info});
   }
   threads = std::min(threads, connections);
   impl.connection_count = connections;
@@ -194,47 +221,50 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
     connection_options.inflight_limit = options.inflight_limit;
     connection_options.receive_buffer_bytes = options.receive_buffer_bytes;
     connection_options.direct_receive_bytes = options.direct_receive_bytes;
-    connection_options.request_timeout_ns = absl::ToInt64Nanoseconds(options.request_timeout);
+    connection_options.request_timeout_ns =
+        RingNanoseconds(options.request_timeout, /*zero_is_none=*/true, 0);
     connection_options.max_payload_part = max_payload;
     connection_options.max_effect_part = (uint64_t{1} << 32) - (uint64_t{1} << 16);
     connection_options.index = i;
     connection_options.description =
         absl::StrCat("connection ", i + 1, " to ", impl.address_text);
     if (options.reconnect) {
-      connection_options.reconnect_delay_ns = absl::ToInt64Nanoseconds(options.reconnect_delay);
-      connection_options.reconnect = [options, address = *address,
-                                      info](absl::Time deadline) -> absl::StatusOr<FileDescriptor> {
+      connection_options.reconnect_delay_ns =
+          RingNanoseconds(options.reconnect_delay, /*zero_is_none=*/false, INT64_MAX);
+      connection_options.reconnect = [options, address = *address, info](
+                                         absl::Time deadline,
+                                         int abort_fd) -> absl::StatusOr<Reconnected> {
         ClientOptions attempt = options;
         attempt.connect_timeout = std::min(options.connect_timeout, deadline - absl::Now());
-        auto negotiated =
-            OpenAndNegotiate(attempt, address, nbd::HandshakeOptions::Goal::kTransmission);
+        auto negotiated = OpenAndNegotiate(attempt, address,
+                                           nbd::HandshakeOptions::Goal::kTransmission, abort_fd);
         if (!negotiated.ok()) return negotiated.status();
         const ExportInfo& again = negotiated->info;
-        bool same_contexts = again.meta_contexts.size() == info.meta_contexts.size();
-        for (size_t c = 0; same_contexts && c < info.meta_contexts.size(); ++c) {
-          same_contexts = again.meta_contexts[c].id == info.meta_contexts[c].id &&
-                          again.meta_contexts[c].name == info.meta_contexts[c].name;
-        }
         if (again.size != info.size || again.transmission_flags != info.transmission_flags ||
-            again.reply_mode != info.reply_mode || !same_contexts) {
+            again.reply_mode != info.reply_mode || !SameMetaContextNames(again, info)) {
           return absl::FailedPreconditionError(
               "the server offers a different export after reconnecting (size, flags, reply "
               "mode or meta contexts changed)");
         }
-        return std::move(negotiated->fd);
+        return Reconnected{std::move(negotiated->fd), again};
       };
     }
-    per_thread[i % threads].push_back({std::move(sockets[i]), std::move(connection_options)});
+    per_thread[i % threads].push_back(
+        {std::move(sockets[i].fd), std::move(sockets[i].info), std::move(connection_options)});
   }
-  int64_t timeout_check_ns = 0;
-  if (options.request_timeout > absl::ZeroDuration()) {
-    timeout_check_ns = std::max<int64_t>(absl::ToInt64Nanoseconds(options.request_timeout) / 8,
-                                         1000000);
+  RingOptions ring_options;
+  const int64_t request_timeout_ns =
+      RingNanoseconds(options.request_timeout, /*zero_is_none=*/true, 0);
+  if (request_timeout_ns > 0) {
+    ring_options.timeout_check_ns = std::max<int64_t>(request_timeout_ns / 8, 1000000);
   }
+  ring_options.batch_delay_ns =
+      RingNanoseconds(options.completion_batch_delay, /*zero_is_none=*/false, 0);
+  ring_options.batch_min_in_flight = options.completion_batch_min_in_flight;
+  ring_options.close_timeout_ns =
+      RingNanoseconds(options.close_timeout, /*zero_is_none=*/false, INT64_MAX);
   for (int t = 0; t < threads; ++t) {
-    auto ring = RingThread::Start(info, std::move(per_thread[t]), timeout_check_ns,
-                                  absl::ToInt64Nanoseconds(options.completion_batch_delay),
-                                  options.completion_batch_min_in_flight);
+    auto ring = RingThread::Start(info, std::move(per_thread[t]), ring_options);
     if (!ring.ok()) return ring.status();
     impl.rings.push_back(*std::move(ring));
   }
@@ -249,6 +279,9 @@ absl::Status Client::Close() {
     return absl::FailedPreconditionError("Client::Close called from one of its own callbacks");
   }
   if (impl_->closed.exchange(true)) return absl::OkStatus();
+  // A Submit that read `closed` as false is about to hand its operation to a ring; the rings
+  // must take it before they stop (see Submit). Such a call is a few instructions long.
+  while (impl_->submits_in_progress.load() != 0) std::this_thread::yield();
   for (const std::unique_ptr<RingThread>& ring : impl_->rings) ring->RequestClose();
   for (const std::unique_ptr<RingThread>& ring : impl_->rings) ring->Join();
   return absl::OkStatus();
@@ -410,17 +443,24 @@ uint64_t Client::Submit(Operation* operation) {
   operation->waited_for_slot_ = false;
   operation->first_error_ = Validate(*operation);
   if (operation->on_complete == nullptr) return submission_id;  // nothing to tell
-  if (impl_->closed.load(std::memory_order_acquire)) {
-    // No ring runs any more: the only place left to complete is here.
+  // Close() sets `closed` and then waits until no Submit is between this check and the hand
+  // over below, so an operation either sees `closed` here or reaches a ring that will still
+  // take it (both sequentially consistent: the two sides of a Dekker handshake).
+  impl_->submits_in_progress.fetch_add(1);
+  if (impl_->closed.load()) {
+    impl_->submits_in_progress.fetch_sub(1);
+    // No ring takes new work any more: the only place left to complete is here.
     operation->on_complete(operation, absl::UnavailableError("the client is closed"));
     return submission_id;
   }
   if (RingThread* ring = impl_->CurrentRing(); ring != nullptr) {
     ring->Submit(operation);
-    return submission_id;
+  } else {
+    uint32_t index =
+        impl_->next_ring.fetch_add(1, std::memory_order_relaxed) % impl_->rings.size();
+    impl_->rings[index]->Submit(operation);
   }
-  uint32_t index = impl_->next_ring.fetch_add(1, std::memory_order_relaxed) % impl_->rings.size();
-  impl_->rings[index]->Submit(operation);
+  impl_->submits_in_progress.fetch_sub(1);
   return submission_id;
 }
 

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <ctime>
+#include <limits>
 
 namespace nbdring {
 
@@ -11,6 +12,16 @@ inline int64_t MonotonicNanoseconds() {
   timespec now;
   clock_gettime(CLOCK_MONOTONIC, &now);
   return int64_t{now.tv_sec} * 1000000000 + now.tv_nsec;
+}
+
+// `now_ns + duration_ns` without signed overflow: a duration of INT64_MAX (what
+// absl::ToInt64Nanoseconds gives for absl::InfiniteDuration()) yields a deadline that never
+// comes instead of one in the past.
+inline int64_t DeadlineAfter(int64_t now_ns, int64_t duration_ns) {
+  if (duration_ns > 0 && now_ns > std::numeric_limits<int64_t>::max() - duration_ns) {
+    return std::numeric_limits<int64_t>::max();
+  }
+  return now_ns + duration_ns;
 }
 
 }  // namespace nbdring

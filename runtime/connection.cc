@@ -43,26 +43,16 @@ void CompleteOperationPart(Operation* operation, const absl::Status& status,
 }
 
 Connection::Connection(Ring* ring, FileDescriptor fd, const nbd::ExportInfo& info,
-                       ConnectionOptions options)
+                       std::vector<nbd::MetaContext> client_contexts, ConnectionOptions options)
     : ring_(ring),
       fd_(std::move(fd)),
       options_(std::move(options)),
       extended_headers_(info.extended_headers()),
       table_(options_.inflight_limit),
-      parser_(
-          [&info] {
-            nbd::ReplyParserOptions parser_options;
-            parser_options.mode = info.reply_mode;
-            for (const nbd::MetaContext& context : info.meta_contexts) {
-              parser_options.meta_context_ids.push_back(context.id);
-            }
-            return parser_options;
-          }(),
-          this) {
+      parser_(nbd::ReplyParserOptions{}, this),
+      client_contexts_(std::move(client_contexts)) {
   parser_options_.mode = info.reply_mode;
-  for (const nbd::MetaContext& context : info.meta_contexts) {
-    parser_options_.meta_context_ids.push_back(context.id);
-  }
+  AdoptMetaContexts(info);
   // One header per slot plus NBD_CMD_DISC; a header and a payload iovec per slot.
   headers_ = std::make_unique<uint8_t[]>((options_.inflight_limit + 1) * nbd::kExtendedRequestSize);
   iovecs_.resize(2 * options_.inflight_limit + 2);
@@ -77,98 +67,83 @@ Connection::Connection(Ring* ring, FileDescriptor fd, const nbd::ExportInfo& inf
     self->MaybeFinishDying();
   };
   cancel_completion_.owner = this;
+  if (options_.reconnect != nullptr) {
+    reconnector_ = std::make_unique<Reconnector>(options_.reconnect, options_.wake_ring);
+  }
 }
 
-Connection::~Connection() {
-  reconnect_stop_.store(true);
-  JoinReconnectThread();
+Connection::~Connection() = default;
+
+void Connection::AdoptMetaContexts(const nbd::ExportInfo& info) {
+  parser_options_.meta_context_ids.clear();
+  context_ids_.clear();
+  for (const nbd::MetaContext& context : info.meta_contexts) {
+    parser_options_.meta_context_ids.push_back(context.id);
+    for (const nbd::MetaContext& client_context : client_contexts_) {
+      if (client_context.name == context.name) context_ids_.emplace_back(context.id, client_context.id);
+    }
+  }
+  parser_ = nbd::ReplyParser(parser_options_, this);
 }
 
-void Connection::JoinReconnectThread() {
-  if (reconnect_thread_.joinable()) reconnect_thread_.join();
+uint32_t Connection::ClientContextId(uint32_t wire_id) const {
+  for (const auto& [wire, client] : context_ids_) {
+    if (wire == wire_id) return client;
+  }
+  return wire_id;  // unreachable: the parser accepts only negotiated ids, all of them mapped
 }
 
 bool Connection::ShouldReconnect() const {
   // Only a lost connection is worth another: a server that broke the protocol or stopped
   // answering would most likely do it again.
-  return options_.reconnect != nullptr && failure_.code() == absl::StatusCode::kUnavailable &&
-         !reconnect_stop_.load();
+  return reconnector_ != nullptr && !reconnector_->aborted() &&
+         failure_.code() == absl::StatusCode::kUnavailable;
 }
 
 void Connection::StartReconnecting() {
-  // Everything in flight goes back to the front of the queue, whole: parts of a split
-  // request that already completed are simply done again (reads and writes are idempotent,
-  // and NBD promises no order between concurrent requests anyway).
+  // Replies that arrived (their sends are over now: no kernel operation is left) complete
+  // first, so what follows sees only requests the server has not answered.
+  table_.ForEachInUse([&](uint64_t cookie, Slot& slot) {
+    if (!slot.reply_done) return;
+    --deferred_slots_;
+    absl::Status status = std::move(slot.deferred_status);
+    CompleteSlot(cookie, &slot, status);
+  });
+  // Every request with an unanswered part goes back to the front of the queue, whole: parts
+  // of a split request that already completed are simply done again (reads and writes are
+  // idempotent, and NBD promises no order between concurrent requests anyway). A split
+  // request whose remaining parts were still queued is the front of pending_: it is taken out
+  // there before it is linked into `requeued`, so it is queued exactly once.
   OperationQueue requeued;
   table_.ForEachInUse([&](uint64_t cookie, Slot& slot) {
-    if (slot.reply_done) {
-      --deferred_slots_;
-      absl::Status status = std::move(slot.deferred_status);
-      CompleteSlot(cookie, &slot, status);
-      return;
-    }
     Operation* operation = slot.operation;
     ReleaseSlot(cookie, &slot);
-    if (operation == nullptr || (!operation->fully_staged_ && operation->staged_bytes_ == 0)) {
-      return;  // cancelled, or already requeued through another of its parts
-    }
+    if (operation == nullptr) return;  // cancelled: already completed
+    if (operation->staged_bytes_ == 0) return;  // requeued through another of its parts
+    if (!operation->fully_staged_) pending_.Remove(operation);
     operation->staged_bytes_ = 0;
     operation->parts_outstanding_ = 0;
     operation->fully_staged_ = false;
+    operation->first_error_ = absl::OkStatus();
     requeued.PushBack(operation);
   });
-  // A split request still partly in pending_ was reset above; take it out so it is queued once.
-  for (Operation* operation = requeued.front(); operation != nullptr; operation = operation->next_) {
-    pending_.Remove(operation);
-  }
   requeued.Append(pending_);
   pending_.Append(requeued);
   RecountQueuedBytes();
-  parser_ = nbd::ReplyParser(parser_options_, this);
   send_in_flight_ = false;
   receive_direct_ = false;
   receive_direct_operation_ = nullptr;
   fd_ = FileDescriptor();
   state_ = State::kReconnecting;
-  reconnect_deadline_ns_ = MonotonicNanoseconds() + options_.reconnect_delay_ns;
-  {
-    std::lock_guard<std::mutex> lock(reconnect_mutex_);
-    reconnect_result_.reset();
-  }
-  JoinReconnectThread();
-  absl::Time deadline = absl::Now() + absl::Nanoseconds(options_.reconnect_delay_ns);
-  reconnect_thread_ = std::thread([this, deadline] {
-    absl::Duration backoff = absl::Milliseconds(100);
-    absl::StatusOr<FileDescriptor> result = absl::UnavailableError("no attempt made");
-    while (!reconnect_stop_.load() && absl::Now() < deadline) {
-      result = options_.reconnect(deadline);
-      if (result.ok()) break;
-      absl::Time next = std::min(absl::Now() + backoff, deadline);
-      while (!reconnect_stop_.load() && absl::Now() < next) absl::SleepFor(absl::Milliseconds(10));
-      backoff = std::min(backoff * 2, absl::Seconds(2));
-    }
-    if (!result.ok() && result.status().message() == "no attempt made") {
-      result = absl::UnavailableError("gave up before a reconnect attempt could be made");
-    }
-    {
-      std::lock_guard<std::mutex> lock(reconnect_mutex_);
-      reconnect_result_ = std::move(result);
-    }
-    options_.wake_ring();
-  });
+  reconnector_->Start(absl::Now() + absl::Nanoseconds(options_.reconnect_delay_ns));
 }
 
 void Connection::PollReconnect() {
   if (state_ != State::kReconnecting) return;
-  std::optional<absl::StatusOr<FileDescriptor>> result;
-  {
-    std::lock_guard<std::mutex> lock(reconnect_mutex_);
-    result.swap(reconnect_result_);
-  }
+  std::optional<absl::StatusOr<Reconnected>> result = reconnector_->TakeResult();
   if (!result.has_value()) return;
-  JoinReconnectThread();
   if (!result->ok()) {
-    reconnect_stop_.store(true);  // giving up is final for this connection
+    reconnector_->Abort();  // giving up is final for this connection
     state_ = State::kDying;
     failure_ = absl::UnavailableError(absl::StrCat(
         options_.description, ": lost the connection (", failure_.message(),
@@ -177,7 +152,8 @@ void Connection::PollReconnect() {
     MaybeFinishDying();
     return;
   }
-  fd_ = *std::move(*result);
+  fd_ = std::move((*result)->fd);
+  AdoptMetaContexts((*result)->info);
   state_ = State::kOpen;
   failure_ = absl::OkStatus();
   Increment(counters_.reconnects);
@@ -185,13 +161,10 @@ void Connection::PollReconnect() {
 }
 
 void Connection::StopReconnecting() {
-  reconnect_stop_.store(true);
+  if (reconnector_ == nullptr) return;
+  reconnector_->Abort();
   if (state_ != State::kReconnecting) return;
-  JoinReconnectThread();
-  {
-    std::lock_guard<std::mutex> lock(reconnect_mutex_);
-    reconnect_result_.reset();
-  }
+  reconnector_->TakeResult();  // whatever the aborted series produced
   state_ = State::kDying;
   failure_ = absl::UnavailableError(absl::StrCat(
       options_.description, ": the client closed while reconnecting (", failure_.message(), ")"));
@@ -288,7 +261,7 @@ void Connection::StageBatch() {
     slot->part_offset = part_offset;
     slot->batch = batch_;
     slot->reply_done = false;
-    slot->deadline_ns = now_ns + options_.request_timeout_ns;
+    slot->deadline_ns = DeadlineAfter(now_ns, options_.request_timeout_ns);
     slot->large_payload = (operation->command == nbd::Command::kRead ||
                            operation->command == nbd::Command::kWrite) &&
                           part_length >= options_.direct_receive_bytes;
@@ -502,7 +475,7 @@ void Connection::ProcessInput(absl::Span<const uint8_t> input) {
         break;
       case nbd::ReplyEvent::Kind::kBlockStatus:
         if (operation->on_extents != nullptr) {
-          operation->on_extents(operation, event.context_id, event.extents);
+          operation->on_extents(operation, ClientContextId(event.context_id), event.extents);
         }
         break;
       case nbd::ReplyEvent::Kind::kDone:

@@ -37,9 +37,6 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
-#include <optional>
-#include <thread>
 #include <string>
 #include <vector>
 
@@ -49,6 +46,7 @@
 #include "nbdring/client.h"
 #include "runtime/inflight_table.h"
 #include "runtime/operation_queue.h"
+#include "runtime/reconnector.h"
 #include "runtime/ring.h"
 #include "runtime/socket.h"
 
@@ -64,8 +62,8 @@ struct ConnectionOptions {
   std::string description;  // "connection 1 to nbd+unix:///?socket=..." for messages
   int index = 0;            // position among the client's connections
   // Set when reconnecting is on: opens and negotiates a new socket to the same export (runs
-  // on a helper thread), and wakes the owning ring when an attempt series ends.
-  std::function<absl::StatusOr<FileDescriptor>(absl::Time deadline)> reconnect;
+  // on a Reconnector's helper thread), and wakes the owning ring when an attempt series ends.
+  Reconnector::Attempt reconnect;
   std::function<void()> wake_ring;
   int64_t reconnect_delay_ns = 0;
 };
@@ -90,8 +88,11 @@ class Connection : private nbd::RequestLookup {
   // with reconnect: kDying -> kReconnecting -> kOpen, or -> kDying -> kClosed when it gives up.
   enum class State { kOpen, kDisconnecting, kDying, kReconnecting, kClosed };
 
+  // `info` is what this connection negotiated; `client_contexts` the meta contexts as the
+  // client reports them (connection 1's ids). The server may number contexts differently on
+  // each connection (and after a reconnect): extents are reported under the client's id.
   Connection(Ring* ring, FileDescriptor fd, const nbd::ExportInfo& info,
-             ConnectionOptions options);
+             std::vector<nbd::MetaContext> client_contexts, ConnectionOptions options);
   ~Connection() override;
 
   // Arms the first receive. Ring thread only, like everything below.
@@ -164,7 +165,10 @@ class Connection : private nbd::RequestLookup {
   void RecountQueuedBytes();
   bool ShouldReconnect() const;
   void StartReconnecting();
-  void JoinReconnectThread();
+  // Takes on the meta-context ids `info` negotiated: the parser accepts them, and
+  // ClientContextId() maps them to the client's.
+  void AdoptMetaContexts(const nbd::ExportInfo& info);
+  uint32_t ClientContextId(uint32_t wire_id) const;
   uint64_t PartLimit(const Operation& operation) const;
 
   Ring* ring_;
@@ -206,13 +210,11 @@ class Connection : private nbd::RequestLookup {
 
   ConnectionCounters counters_;
 
-  // Reconnecting: one helper thread per attempt series; it hands its result over under
-  // reconnect_mutex_ and wakes the ring.
-  std::thread reconnect_thread_;
-  std::mutex reconnect_mutex_;
-  std::optional<absl::StatusOr<FileDescriptor>> reconnect_result_;  // guarded
-  std::atomic<bool> reconnect_stop_{false};
-  int64_t reconnect_deadline_ns_ = 0;
+  // Reconnecting (null when off).
+  std::unique_ptr<Reconnector> reconnector_;
+  // Meta contexts: the client's list, and this connection's wire id -> the client's id.
+  std::vector<nbd::MetaContext> client_contexts_;
+  std::vector<std::pair<uint32_t, uint32_t>> context_ids_;
   nbd::ReplyParserOptions parser_options_;
 };
 

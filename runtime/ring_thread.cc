@@ -3,6 +3,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -14,11 +15,10 @@ namespace nbdring {
 
 absl::StatusOr<std::unique_ptr<RingThread>> RingThread::Start(
     const nbd::ExportInfo& info, std::vector<PendingConnection> connections,
-    int64_t timeout_check_ns, int64_t batch_delay_ns, uint32_t batch_min_in_flight) {
+    const RingOptions& options) {
   std::unique_ptr<RingThread> ring_thread(new RingThread());
-  ring_thread->timeout_check_ns_ = timeout_check_ns;
-  ring_thread->batch_window_ = BatchWindow(batch_delay_ns);
-  ring_thread->batch_min_in_flight_ = batch_min_in_flight;
+  ring_thread->options_ = options;
+  ring_thread->batch_window_ = BatchWindow(options.batch_delay_ns);
   int fd = eventfd(0, EFD_CLOEXEC);
   if (fd < 0) return absl::InternalError(absl::StrCat("eventfd: ", std::strerror(errno)));
   ring_thread->wakeup_fd_ = FileDescriptor(fd);
@@ -53,7 +53,8 @@ void RingThread::Run(const nbd::ExportInfo* info, std::vector<PendingConnection>
   for (PendingConnection& connection : *pending) {
     if (connection.options.reconnect) connection.options.wake_ring = [this] { Wake(); };
     connections_.push_back(std::make_unique<Connection>(ring_.get(), std::move(connection.fd),
-                                                        *info, std::move(connection.options)));
+                                                        connection.info, info->meta_contexts,
+                                                        std::move(connection.options)));
     connections_.back()->Start();
   }
   wakeup_completion_.handler = &RingThread::OnWakeup;
@@ -178,6 +179,16 @@ void RingThread::Dispatch(Operation* operation) {
   best->Enqueue(operation);
 }
 
+void RingThread::AbandonConnections() {
+  abandoned_ = true;
+  for (const std::unique_ptr<Connection>& connection : connections_) {
+    if (connection->state() == Connection::State::kClosed) continue;
+    connection->Fail(absl::UnavailableError(absl::StrCat(
+        "the client closed and the server did not finish within the close timeout (",
+        options_.close_timeout_ns / 1000000, " ms)")));
+  }
+}
+
 bool RingThread::AllClosed() const {
   for (const std::unique_ptr<Connection>& connection : connections_) {
     if (connection->state() != Connection::State::kClosed) return false;
@@ -203,11 +214,13 @@ void RingThread::Loop() {
     }
     if (!closing_ && close_requested_.load(std::memory_order_acquire)) {
       closing_ = true;
+      close_deadline_ns_ = DeadlineAfter(MonotonicNanoseconds(), options_.close_timeout_ns);
       for (const std::unique_ptr<Connection>& connection : connections_) {
         connection->StopReconnecting();
       }
     }
     if (closing_) {
+      if (!abandoned_ && MonotonicNanoseconds() >= close_deadline_ns_) AbandonConnections();
       bool idle = inbox_.empty() && local_failures_.empty();
       for (const std::unique_ptr<Connection>& connection : connections_) {
         idle = idle && (connection->idle() || connection->state() != Connection::State::kOpen);
@@ -221,16 +234,22 @@ void RingThread::Loop() {
     if (!local_failures_.empty()) continue;
 
     int64_t wait_ns = -1;
-    const int64_t now =
-        timeout_check_ns_ > 0 || batch_window_.enabled() ? MonotonicNanoseconds() : 0;
-    if (timeout_check_ns_ > 0) {
+    const int64_t now = options_.timeout_check_ns > 0 || batch_window_.enabled() || closing_
+                            ? MonotonicNanoseconds()
+                            : 0;
+    if (options_.timeout_check_ns > 0) {
       if (now >= next_timeout_check) {
         for (const std::unique_ptr<Connection>& connection : connections_) {
           connection->CheckTimeouts(now);
         }
-        next_timeout_check = now + timeout_check_ns_;
+        next_timeout_check = now + options_.timeout_check_ns;
       }
       wait_ns = next_timeout_check - now;
+    }
+    if (closing_ && !abandoned_) {
+      // Wake up at the close deadline even if the server stays silent.
+      const int64_t until_deadline = std::max<int64_t>(close_deadline_ns_ - now, 0);
+      if (wait_ns < 0 || wait_ns > until_deadline) wait_ns = until_deadline;
     }
     // Completion batching: with many requests in flight the server has work queued, so
     // reacting a few microseconds later costs it little, while letting replies pile up turns
@@ -254,7 +273,7 @@ void RingThread::Loop() {
       // empty window would only add an io_uring_enter. Large payloads are never batched:
       // see Connection::large_payload_in_flight().
       const int64_t window_ns = batch_window_.WindowNs(in_flight);
-      if (window_ns > 0 && in_flight >= batch_min_in_flight_ && reaped_last_turn > 0 &&
+      if (window_ns > 0 && in_flight >= options_.batch_min_in_flight && reaped_last_turn > 0 &&
           !large_payload) {
         // Wait out the whole window: each connection yields at most one receive completion
         // per turn (plus its send), so this count is never reached and only time ends the

@@ -31,23 +31,33 @@ namespace nbdring {
 
 struct PendingConnection {
   FileDescriptor fd;
+  nbd::ExportInfo info;  // what this connection negotiated
   ConnectionOptions options;
+};
+
+struct RingOptions {
+  int64_t timeout_check_ns = 0;  // 0: no request timeouts to check
+  int64_t batch_delay_ns = 0;    // see ClientOptions::completion_batch_delay
+  uint32_t batch_min_in_flight = 0;
+  // From the close request until connections still busy are abandoned (their requests fail).
+  int64_t close_timeout_ns = INT64_MAX;
 };
 
 class RingThread {
  public:
   // Starts the thread, which sets up its ring (the probe) and connections; returns once the
-  // ring is running or with the probe's error.
+  // ring is running or with the probe's error. `info` is the export as the client reports it.
   static absl::StatusOr<std::unique_ptr<RingThread>> Start(
       const nbd::ExportInfo& info, std::vector<PendingConnection> connections,
-      int64_t timeout_check_ns, int64_t batch_delay_ns, uint32_t batch_min_in_flight);
+      const RingOptions& options);
   ~RingThread();  // joins (Close must have been requested)
 
   // Any thread. From this ring's own thread the operation is dispatched at once.
   void Submit(Operation* operation);
   // Any thread: cancel `operation` if this ring holds it on `submission`. Does not wait.
   void Cancel(Operation* operation, uint64_t submission);
-  // Asks the loop to drain, disconnect every connection and exit; does not wait.
+  // Asks the loop to drain, disconnect every connection and exit; does not wait. Connections
+  // still busy after RingOptions::close_timeout_ns are abandoned: their requests fail.
   void RequestClose();
   void Join();
 
@@ -70,6 +80,8 @@ class RingThread {
   void ArmWakeup();
   static void OnWakeup(IoCompletion* completion);
   bool AllClosed() const;
+  // Close deadline passed: fail every connection not closed yet, with what is in flight.
+  void AbandonConnections();
 
   std::unique_ptr<Ring> ring_;
   std::vector<std::unique_ptr<Connection>> connections_;
@@ -88,9 +100,10 @@ class RingThread {
   IoCompletion wakeup_completion_;
   std::atomic<bool> close_requested_{false};
   bool closing_ = false;
-  int64_t timeout_check_ns_ = 0;
+  int64_t close_deadline_ns_ = 0;
+  bool abandoned_ = false;  // the close deadline passed and the connections were failed
+  RingOptions options_;
   BatchWindow batch_window_{0};
-  uint32_t batch_min_in_flight_ = 0;
   std::atomic<uint64_t> wakeups_{0};
   std::thread thread_;
   std::thread::id thread_id_;

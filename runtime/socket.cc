@@ -40,34 +40,48 @@ absl::Status ErrnoError(absl::string_view what, int error_number) {
   }
 }
 
+// poll()'s timeout until `deadline`: -1 (no limit) for an infinite deadline, else at most
+// 1000 s per call (the callers loop).
 int RemainingMilliseconds(absl::Time deadline) {
+  if (deadline == absl::InfiniteFuture()) return -1;
   absl::Duration left = deadline - absl::Now();
   if (left <= absl::ZeroDuration()) return 0;
-  int64_t ms = absl::ToInt64Milliseconds(left) + 1;
-  return ms > 1000000 ? 1000000 : static_cast<int>(ms);
+  if (left >= absl::Seconds(1000)) return 1000000;
+  return static_cast<int>(absl::ToInt64Milliseconds(left) + 1);
 }
 
-// Waits until `fd` is ready for `events`. DeadlineExceeded names `stage`.
-absl::Status WaitFor(int fd, short events, absl::Time deadline, absl::string_view stage) {
+// Waits until `fd` is ready for `events`. DeadlineExceeded names `stage`; CancelledError when
+// `abort_fd` (if >= 0) became readable first.
+absl::Status WaitFor(int fd, short events, absl::Time deadline, absl::string_view stage,
+                     int abort_fd) {
   while (true) {
-    pollfd poll_fd{fd, events, 0};
-    int ready = poll(&poll_fd, 1, RemainingMilliseconds(deadline));
-    if (ready > 0) return absl::OkStatus();
-    if (ready == 0) return absl::DeadlineExceededError(absl::StrCat("timed out ", stage));
+    pollfd poll_fds[2] = {{fd, events, 0}, {abort_fd, POLLIN, 0}};
+    int ready = poll(poll_fds, abort_fd >= 0 ? 2 : 1, RemainingMilliseconds(deadline));
+    if (ready > 0) {
+      if (abort_fd >= 0 && poll_fds[1].revents != 0) {
+        return absl::CancelledError(absl::StrCat("aborted while ", stage));
+      }
+      return absl::OkStatus();
+    }
+    if (ready == 0) {
+      if (absl::Now() < deadline) continue;  // a slice of a long wait ended
+      return absl::DeadlineExceededError(absl::StrCat("timed out ", stage));
+    }
     if (errno != EINTR) return ErrnoError(absl::StrCat("poll while ", stage), errno);
   }
 }
 
 absl::StatusOr<FileDescriptor> ConnectAddress(int family, const sockaddr* address,
                                               socklen_t length, absl::string_view name,
-                                              absl::Time deadline) {
+                                              absl::Time deadline, int abort_fd) {
   FileDescriptor fd(socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (fd.get() < 0) return ErrnoError(absl::StrCat("socket for ", name), errno);
   if (connect(fd.get(), address, length) != 0) {
     if (errno != EINPROGRESS && errno != EAGAIN) {
       return ErrnoError(absl::StrCat("connect to ", name), errno);
     }
-    absl::Status ready = WaitFor(fd.get(), POLLOUT, deadline, absl::StrCat("connecting to ", name));
+    absl::Status ready =
+        WaitFor(fd.get(), POLLOUT, deadline, absl::StrCat("connecting to ", name), abort_fd);
     if (!ready.ok()) return ready;
     int error = 0;
     socklen_t error_length = sizeof(error);
@@ -80,6 +94,15 @@ absl::StatusOr<FileDescriptor> ConnectAddress(int family, const sockaddr* addres
     setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   }
   return fd;
+}
+
+// io_uring then waits for readiness itself (see socket.h).
+absl::Status MakeBlocking(int fd) {
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+    return ErrnoError("making the socket blocking for io_uring", errno);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -96,7 +119,8 @@ FileDescriptor::~FileDescriptor() {
   if (fd_ >= 0) close(fd_);
 }
 
-absl::StatusOr<FileDescriptor> ConnectTo(const nbd::NbdUri& address, absl::Time deadline) {
+absl::StatusOr<FileDescriptor> ConnectTo(const nbd::NbdUri& address, absl::Time deadline,
+                                         int abort_fd) {
   if (address.tls) {
     return absl::UnimplementedError(absl::StrCat(
         "TLS (", address.ToString(), ") is not supported by this build of nbdring yet; "
@@ -114,7 +138,7 @@ absl::StatusOr<FileDescriptor> ConnectTo(const nbd::NbdUri& address, absl::Time 
       }
       std::memcpy(unix_address.sun_path, address.socket_path.data(), address.socket_path.size());
       return ConnectAddress(AF_UNIX, reinterpret_cast<sockaddr*>(&unix_address),
-                            sizeof(unix_address), address.socket_path, deadline);
+                            sizeof(unix_address), address.socket_path, deadline, abort_fd);
     }
     case nbd::NbdUri::Transport::kVsock: {
       sockaddr_vm vsock_address{};
@@ -124,7 +148,7 @@ absl::StatusOr<FileDescriptor> ConnectTo(const nbd::NbdUri& address, absl::Time 
       return ConnectAddress(AF_VSOCK, reinterpret_cast<sockaddr*>(&vsock_address),
                             sizeof(vsock_address),
                             absl::StrCat("vsock ", address.vsock_cid, ":", address.vsock_port),
-                            deadline);
+                            deadline, abort_fd);
     }
     case nbd::NbdUri::Transport::kTcp: {
       addrinfo hints{};
@@ -141,7 +165,7 @@ absl::StatusOr<FileDescriptor> ConnectTo(const nbd::NbdUri& address, absl::Time 
       absl::Status last = absl::UnavailableError(absl::StrCat("no address for '", host, "'"));
       for (addrinfo* entry = results; entry != nullptr; entry = entry->ai_next) {
         auto fd = ConnectAddress(entry->ai_family, entry->ai_addr, entry->ai_addrlen,
-                                 absl::StrCat(host, ":", port), deadline);
+                                 absl::StrCat(host, ":", port), deadline, abort_fd);
         if (fd.ok()) {
           freeaddrinfo(results);
           return fd;
@@ -155,7 +179,8 @@ absl::StatusOr<FileDescriptor> ConnectTo(const nbd::NbdUri& address, absl::Time 
   return absl::InvalidArgumentError("unknown transport");
 }
 
-absl::Status RunHandshake(int fd, nbd::Handshake& handshake, absl::Time deadline) {
+absl::Status RunHandshake(int fd, nbd::Handshake& handshake, absl::Time deadline,
+                          int abort_fd) {
   std::vector<uint8_t> buffer;
   auto send_output = [&]() -> absl::Status {
     while (!handshake.output().empty()) {
@@ -167,7 +192,8 @@ absl::Status RunHandshake(int fd, nbd::Handshake& handshake, absl::Time deadline
       }
       if (sent < 0 && errno == EINTR) continue;
       if (sent < 0 && errno == EAGAIN) {
-        absl::Status ready = WaitFor(fd, POLLOUT, deadline, "sending to the server during the handshake");
+        absl::Status ready = WaitFor(fd, POLLOUT, deadline,
+                                     "sending to the server during the handshake", abort_fd);
         if (!ready.ok()) return ready;
         continue;
       }
@@ -180,7 +206,7 @@ absl::Status RunHandshake(int fd, nbd::Handshake& handshake, absl::Time deadline
     if (!sent.ok()) return sent;
     switch (handshake.state()) {
       case nbd::Handshake::State::kDone:
-        return absl::OkStatus();
+        return MakeBlocking(fd);
       case nbd::Handshake::State::kFailed:
         return absl::InternalError("handshake already failed");
       case nbd::Handshake::State::kStartTls:
@@ -201,7 +227,8 @@ absl::Status RunHandshake(int fd, nbd::Handshake& handshake, absl::Time deadline
     if (received < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) {
-        absl::Status ready = WaitFor(fd, POLLIN, deadline, "waiting for the server's handshake reply");
+        absl::Status ready =
+            WaitFor(fd, POLLIN, deadline, "waiting for the server's handshake reply", abort_fd);
         if (!ready.ok()) return ready;
         continue;
       }

@@ -2,7 +2,14 @@
 //
 // Connect and handshake use plain non-blocking sockets and poll() against one deadline: they
 // run once per connection on the caller's thread, off the hot path, and a server that stops
-// answering mid-handshake gets a DeadlineExceeded error naming the stage, not a hang.
+// answering mid-handshake gets a DeadlineExceeded error naming the stage, not a hang. Every
+// wait also watches an optional `abort_fd` (an eventfd): once it is readable the call returns
+// CancelledError at once, which is how Close() stops a reconnect attempt.
+//
+// The socket RunHandshake leaves behind is blocking again: from then on its I/O goes through
+// io_uring, which waits for readiness itself (poll-armed) on a blocking socket, whereas on a
+// non-blocking one it completes a recv or send with -EAGAIN and leaves the retry — a busy
+// loop — to us.
 #ifndef NBDRING_RUNTIME_SOCKET_H_
 #define NBDRING_RUNTIME_SOCKET_H_
 
@@ -33,12 +40,14 @@ class FileDescriptor {
 };
 
 // Connects to `address` (TCP with TCP_NODELAY, Unix, or vsock). Errors name the address.
-absl::StatusOr<FileDescriptor> ConnectTo(const nbd::NbdUri& address, absl::Time deadline);
+absl::StatusOr<FileDescriptor> ConnectTo(const nbd::NbdUri& address, absl::Time deadline,
+                                         int abort_fd = -1);
 
 // Drives `handshake` over `fd` until it is done (sending any final output such as
 // NBD_OPT_ABORT). Reads only as many bytes as the handshake asks for, so nothing of the
-// transmission phase is consumed.
-absl::Status RunHandshake(int fd, nbd::Handshake& handshake, absl::Time deadline);
+// transmission phase is consumed. On success the socket is switched to blocking mode.
+absl::Status RunHandshake(int fd, nbd::Handshake& handshake, absl::Time deadline,
+                          int abort_fd = -1);
 
 }  // namespace nbdring
 

@@ -78,10 +78,15 @@ struct ClientOptions {
   bool structured_replies = true;
   bool extended_headers = false;
 
+  // Every duration below may be absl::InfiniteDuration() (no limit).
   absl::Duration connect_timeout = absl::Seconds(10);  // connect + handshake, per connection
   // Per-request timeout; zero means none. A request that times out completes with
   // DeadlineExceededError and its connection is closed (the server may still answer it).
   absl::Duration request_timeout = absl::ZeroDuration();
+  // How long Close() lets requests already submitted finish. After it, connections still
+  // busy are shut down and their requests complete with UnavailableError, so Close()
+  // returns within about this bound even against a server that stopped answering.
+  absl::Duration close_timeout = absl::Seconds(30);
   // Receive buffer per connection. Read payloads at least `direct_receive_bytes` long go
   // straight into the caller's buffer; smaller ones are copied out of this buffer, which
   // lets one receive carry many replies.
@@ -171,7 +176,12 @@ class Client {
   // (URI, connect, handshake with the server's reply, io_uring set-up and why).
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const ClientOptions& options);
 
-  // Drains every request, sends NBD_CMD_DISC and closes. Idempotent.
+  // Lets the requests already submitted finish (for up to ClientOptions::close_timeout;
+  // those still unanswered then complete with UnavailableError), sends NBD_CMD_DISC, closes
+  // every connection and stops the ring threads. A reconnect attempt in progress is aborted
+  // at once. Returns when every callback has run. Idempotent; any thread but the client's
+  // own ring threads: from a callback it returns FailedPreconditionError and does nothing
+  // (it would wait for itself) — and the Client must not be destroyed from a callback either.
   //
   // An operation can complete (on a ring thread) before the Submit() that queued it has
   // returned on the submitting thread. So "my last operation completed" does not mean "no
