@@ -116,7 +116,11 @@ class Connection : private nbd::RequestLookup {
 
   State state() const { return state_; }
   bool usable() const { return state_ == State::kOpen; }
-  bool reconnecting() const { return state_ == State::kReconnecting; }
+  // Reconnecting, or about to (dying from a loss it will reconnect after): new requests may
+  // wait in its queue for the new connection.
+  bool will_reopen() const {
+    return state_ == State::kReconnecting || (state_ == State::kDying && ShouldReconnect());
+  }
   bool idle() const { return pending_.empty() && table_.in_use() == 0; }
   // Staged plus queued bytes: what routing compares, so a burst dispatched within one loop
   // turn (before anything is staged) still spreads over the connections.

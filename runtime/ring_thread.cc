@@ -162,9 +162,10 @@ void RingThread::Dispatch(Operation* operation) {
     }
   }
   if (best == nullptr) {
-    // No open connection: wait on one that is reconnecting (bounded by its reconnect delay).
+    // No open connection: wait on one that is reconnecting or about to (bounded by its
+    // reconnect delay).
     for (const std::unique_ptr<Connection>& connection : connections_) {
-      if (connection->reconnecting()) {
+      if (connection->will_reopen()) {
         connection->Enqueue(operation);
         return;
       }
