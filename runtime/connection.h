@@ -1,4 +1,7 @@
 // runtime/connection.h — one socket to the server, driven by the ring thread that owns it.
+// Three files implement it, one idea each: connection_send.cc (staging and the send chain),
+// connection_receive.cc (replies and completion), connection.cc (life: failure, reconnect,
+// cancel, disconnect).
 //
 // A Connection turns queued Operations into NBD requests and replies into completions:
 //   pending_ (FIFO of Operations waiting for an in-flight slot)

@@ -1,0 +1,207 @@
+// runtime/connection_receive.cc — the armed recv (into the receive buffer, or straight into
+// a large read's buffer), reply events dispatched to their slots, and completion: a slot is
+// finished only once the send that carried its request is over, and an Operation completes
+// with its last part.
+#include "runtime/connection.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "nbd/errors.h"
+#include "nbd/request.h"
+#include "runtime/counter.h"
+
+namespace nbdring {
+namespace {
+
+// A recv longer than this is split into several; the kernel caps single transfers anyway.
+constexpr uint64_t kMaxDirectReceive = 1u << 30;
+constexpr uint32_t kLargePayloadStagingBytes = 4096;
+
+}  // namespace
+
+void CompleteOperationPart(Operation* operation, const absl::Status& status,
+                           ConnectionCounters* counters) {
+  if (!status.ok() && operation->first_error_.ok()) operation->first_error_ = status;
+  if (operation->parts_outstanding_ > 0) --operation->parts_outstanding_;
+  if (operation->parts_outstanding_ != 0 || !operation->fully_staged_) return;
+  absl::Status final_status = std::move(operation->first_error_);
+  // Reset the private state first: the callback may resubmit the same Operation.
+  operation->first_error_ = absl::OkStatus();
+  operation->staged_bytes_ = 0;
+  operation->fully_staged_ = false;
+  operation->waited_for_slot_ = false;
+  operation->cancelled_ = false;
+  operation->next_ = nullptr;
+  if (counters != nullptr) {
+    Increment(counters->requests);
+    if (!final_status.ok()) Increment(counters->errors);
+  }
+  operation->on_complete(operation, final_status);
+}
+
+nbd::InflightRequest* Connection::Find(uint64_t cookie) {
+  Slot* slot = table_.Find(cookie);
+  if (slot == nullptr || slot->reply_done) return nullptr;
+  return slot;
+}
+
+void Connection::ArmReceive() {
+  nbd::ReplyParser::PayloadTarget target;
+  io_uring_sqe* sqe = ring_->Prepare(&receive_completion_);
+  if (parser_.payload_target(&target) && target.remaining >= options_.direct_receive_bytes &&
+      static_cast<Slot*>(target.request)->operation != nullptr) {
+    auto* slot = static_cast<Slot*>(target.request);
+    uint8_t* destination = static_cast<uint8_t*>(slot->operation->buffer) + slot->part_offset +
+                           target.buffer_offset;
+    size_t length = static_cast<size_t>(std::min(target.remaining, kMaxDirectReceive));
+    io_uring_prep_recv(sqe, fd_.get(), destination, length, MSG_WAITALL);
+    receive_direct_ = true;
+    receive_direct_operation_ = slot->operation;
+  } else {
+    // While a large read may be next on the wire, take little beyond its header here, so
+    // its payload lands in the caller's buffer instead of being copied out of this one.
+    const uint32_t length = large_payloads_in_flight_ > 0
+                                ? std::min(options_.receive_buffer_bytes, kLargePayloadStagingBytes)
+                                : options_.receive_buffer_bytes;
+    io_uring_prep_recv(sqe, fd_.get(), receive_buffer_.get(), length, 0);
+    receive_direct_ = false;
+    receive_direct_operation_ = nullptr;
+  }
+  ++kernel_operations_;
+}
+
+void Connection::OnReceive(IoCompletion* completion) {
+  auto* self = static_cast<Connection*>(completion->owner);
+  --self->kernel_operations_;
+  int32_t result = completion->result;
+  const bool was_direct = self->receive_direct_;
+  self->receive_direct_ = false;
+  self->receive_direct_operation_ = nullptr;
+  if (self->state_ == State::kDying) {
+    self->MaybeFinishDying();
+    return;
+  }
+  if (self->state_ == State::kDisconnecting && self->disconnect_sent_ && result <= 0) {
+    self->state_ = State::kClosed;
+    self->MaybeFinishDying();
+    return;
+  }
+  if (result == -EINTR || result == -EAGAIN || result == -ENOBUFS) {
+    self->ArmReceive();
+    return;
+  }
+  if (result < 0) {
+    self->Fail(absl::UnavailableError(absl::StrCat(
+        self->options_.description, ": receiving from the server failed: ", std::strerror(-result))));
+    return;
+  }
+  if (result == 0) {
+    self->Fail(absl::UnavailableError(absl::StrCat(
+        self->options_.description, ": the server closed the connection with ",
+        self->table_.in_use(), " request(s) in flight")));
+    return;
+  }
+  if (was_direct) {
+    Increment(self->counters_.bytes_read, static_cast<uint64_t>(result));
+    self->parser_.PayloadReceivedDirectly(static_cast<uint64_t>(result));
+    self->ProcessInput({});
+  } else {
+    self->ProcessInput(absl::MakeConstSpan(self->receive_buffer_.get(), static_cast<size_t>(result)));
+  }
+  if (self->state_ == State::kOpen || self->state_ == State::kDisconnecting) self->ArmReceive();
+  if (!self->cancelled_.empty()) self->CompleteCancelled();
+}
+
+void Connection::ProcessInput(absl::Span<const uint8_t> input) {
+  while (state_ == State::kOpen || state_ == State::kDisconnecting) {
+    nbd::ReplyEvent event;
+    absl::StatusOr<size_t> consumed = parser_.Next(input, &event);
+    if (!consumed.ok()) {
+      Fail(absl::Status(consumed.status().code(),
+                        absl::StrCat(options_.description, ": ", consumed.status().message())));
+      return;
+    }
+    input.remove_prefix(*consumed);
+    if (event.kind == nbd::ReplyEvent::Kind::kNone) {
+      if (*consumed == 0) return;
+      continue;
+    }
+    auto* slot = static_cast<Slot*>(event.request);
+    Operation* operation = slot->operation;
+    if (operation == nullptr && event.kind != nbd::ReplyEvent::Kind::kDone) {
+      continue;  // a cancelled request's reply: parsed for framing, then dropped
+    }
+    switch (event.kind) {
+      case nbd::ReplyEvent::Kind::kReadData:
+        Increment(counters_.bytes_read, event.data.size());
+        std::memcpy(static_cast<uint8_t*>(operation->buffer) + slot->part_offset +
+                        event.buffer_offset,
+                    event.data.data(), event.data.size());
+        break;
+      case nbd::ReplyEvent::Kind::kReadHole:
+        Increment(counters_.bytes_read, event.length);
+        std::memset(static_cast<uint8_t*>(operation->buffer) + slot->part_offset +
+                        event.buffer_offset,
+                    0, event.length);
+        if (operation->on_hole != nullptr) {
+          operation->on_hole(operation, slot->part_offset + event.buffer_offset, event.length);
+        }
+        break;
+      case nbd::ReplyEvent::Kind::kBlockStatus:
+        if (operation->on_extents != nullptr) {
+          operation->on_extents(operation, ClientContextId(event.context_id), event.extents);
+        }
+        break;
+      case nbd::ReplyEvent::Kind::kDone:
+        if (!event.status.ok() && state_ == State::kOpen &&
+            nbd::NbdErrorOf(event.status) == nbd::kEShutdown) {
+          BeginSoftDisconnect(event.status);
+        }
+        FinishSlot(event.cookie, slot, event.status);
+        break;
+      case nbd::ReplyEvent::Kind::kNone:
+        break;
+    }
+  }
+}
+
+void Connection::FinishSlot(uint64_t cookie, Slot* slot, const absl::Status& status) {
+  if (slot->batch > sent_batch_) {
+    // The request's send has not completed: the kernel may still read the write buffer.
+    slot->reply_done = true;
+    slot->deferred_status = status;
+    ++deferred_slots_;
+    return;
+  }
+  CompleteSlot(cookie, slot, status);
+}
+
+void Connection::CompleteDeferredSlots() {
+  table_.ForEachInUse([this](uint64_t cookie, Slot& slot) {
+    if (slot.reply_done && slot.batch <= sent_batch_) {
+      --deferred_slots_;
+      absl::Status status = std::move(slot.deferred_status);
+      CompleteSlot(cookie, &slot, status);
+    }
+  });
+}
+
+void Connection::CompleteSlot(uint64_t cookie, Slot* slot, const absl::Status& status) {
+  Operation* operation = slot->operation;
+  ReleaseSlot(cookie, slot);
+  if (operation != nullptr) CompleteOperationPart(operation, status, &counters_);
+}
+
+void Connection::ReleaseSlot(uint64_t cookie, Slot* slot) {
+  outstanding_bytes_ -= slot->length + nbd::kCompactRequestSize;
+  if (slot->large_payload) --large_payloads_in_flight_;
+  slot->large_payload = false;
+  slot->operation = nullptr;
+  slot->reply_done = false;
+  table_.Release(cookie);
+}
+
+}  // namespace nbdring
