@@ -129,6 +129,8 @@ class Operation {
   // Called once when the request is complete.
   void (*on_complete)(Operation* operation, const absl::Status& status) = nullptr;
   // kBlockStatus: called for each extent list the server sends (one per meta context).
+  // `context_id` is the context's id in Client::export_info().meta_contexts, whichever
+  // connection carried the request (servers may number contexts per connection).
   void (*on_extents)(Operation* operation, uint32_t context_id,
                      absl::Span<const Extent> extents) = nullptr;
   // kRead (optional): called for each hole the server reported (the buffer range is zeroed
