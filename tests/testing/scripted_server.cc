@@ -8,8 +8,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <utility>
 
@@ -528,29 +526,6 @@ std::vector<RecordedRequest> ScriptedServer::requests() const {
 std::vector<RecordedOption> ScriptedServer::options() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return recorded_options_;
-}
-
-// --- Watchdog ------------------------------------------------------------------------------------
-
-Watchdog::Watchdog(std::string what, absl::Duration limit) {
-  thread_ = std::thread([this, what = std::move(what), limit] {
-    std::unique_lock<std::mutex> lock(mutex_);
-    if (!disarmed_changed_.wait_for(lock, absl::ToChronoMilliseconds(limit),
-                                    [this] { return disarmed_; })) {
-      std::fprintf(stderr, "%s is still running after %s: aborting\n", what.c_str(),
-                   absl::FormatDuration(limit).c_str());
-      std::abort();
-    }
-  });
-}
-
-Watchdog::~Watchdog() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    disarmed_ = true;
-  }
-  disarmed_changed_.notify_all();
-  thread_.join();
 }
 
 // --- Byte builders -------------------------------------------------------------------------------

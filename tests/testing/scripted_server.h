@@ -53,6 +53,7 @@
 #include "nbd/request.h"
 #include "nbd/wire.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/watchdog.h"  // Watchdog, which fault tests use with the server
 
 namespace nbd::testing {
 
@@ -194,22 +195,6 @@ class ScriptedServer {
   absl::Status result_;
   std::vector<RecordedRequest> recorded_requests_;
   std::vector<RecordedOption> recorded_options_;
-};
-
-// Aborts the test binary, naming `what`, if it is still alive `limit` after construction:
-// a client that hangs becomes a prompt failure that says where, instead of a test timeout.
-class Watchdog {
- public:
-  Watchdog(std::string what, absl::Duration limit);
-  ~Watchdog();
-  Watchdog(const Watchdog&) = delete;
-  Watchdog& operator=(const Watchdog&) = delete;
-
- private:
-  std::mutex mutex_;
-  std::condition_variable disarmed_changed_;
-  bool disarmed_ = false;
-  std::thread thread_;
 };
 
 // --- Byte builders ---------------------------------------------------------------------------
