@@ -10,10 +10,6 @@
 namespace nbdring::testing {
 namespace {
 
-absl::Status Unshared(const absl::Status& status) {
-  return absl::Status(status.code(), std::string(status.message()));
-}
-
 std::chrono::steady_clock::time_point DeadlineAfter(absl::Duration timeout) {
   return std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(timeout);
 }
@@ -50,11 +46,11 @@ void CompletionTracker::Count(const Operation* key, const absl::Status& status) 
   std::lock_guard<std::mutex> lock(mutex_);
   Record& record = records_[key];
   ++record.completions;
-  record.status = Unshared(status);
+  record.status = UnsharedCopy(status);
   ++completed_;
   if (!status.ok()) {
     ++failed_;
-    if (first_error_.ok()) first_error_ = Unshared(status);
+    if (first_error_.ok()) first_error_ = UnsharedCopy(status);
   }
 }
 
@@ -129,12 +125,17 @@ int CompletionTracker::completions(const Operation* operation) const {
 absl::Status CompletionTracker::status(const Operation* operation) const {
   std::lock_guard<std::mutex> lock(mutex_);
   auto it = records_.find(operation);
-  return it == records_.end() ? absl::OkStatus() : Unshared(it->second.status);
+  return it == records_.end() ? absl::OkStatus() : UnsharedCopy(it->second.status);
 }
 
 absl::Status CompletionTracker::first_error() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return Unshared(first_error_);
+  return UnsharedCopy(first_error_);
+}
+
+absl::Status UnsharedCopy(const absl::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(status.code(), std::string(status.message()));
 }
 
 bool WaitUntil(const std::function<bool()>& done, absl::Duration timeout, absl::Duration poll) {

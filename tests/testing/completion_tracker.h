@@ -22,8 +22,7 @@
 //
 // Requests given no key are counted together under nullptr (ExactlyOnce() compares their
 // totals). The hook does not run for callback completions.
-// Statuses are stored as unshared copies: absl::Status shares its message through a reference
-// count inside Debian's uninstrumented Abseil, which ThreadSanitizer would report.
+// Statuses are stored as unshared copies (UnsharedCopy below).
 // Synchronisation is std:: only (see shared notes: TSan cannot see inside absl::Mutex).
 #ifndef NBDRING_TESTS_TESTING_COMPLETION_TRACKER_H_
 #define NBDRING_TESTS_TESTING_COMPLETION_TRACKER_H_
@@ -98,6 +97,12 @@ class CompletionTracker {
   uint64_t failed_ = 0;
   absl::Status first_error_;
 };
+
+// A copy of `status` that shares no storage with it. Callbacks store this instead of the
+// status they were given: absl::Status shares its message through a reference count that
+// lives in Debian's uninstrumented libabsl, so a status read on the test thread and released
+// last on a ring thread looks like a data race to ThreadSanitizer.
+absl::Status UnsharedCopy(const absl::Status& status);
 
 // Waits until `done()` holds, checking whenever `notify` (a condition the caller signals) or
 // every `poll` elapses; false when `timeout` passed first. For tests waiting on things that
