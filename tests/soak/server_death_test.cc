@@ -92,14 +92,16 @@ absl::StatusOr<std::unique_ptr<Client>> ConnectFourWays(const ServerProcess& ser
 uint64_t WaitUntilSent(const Client& client, uint64_t count, absl::Duration settle) {
   uint64_t sent = client.stats().wire_requests;
   absl::Time last_change = absl::Now();
-  while (sent < count && absl::Now() - last_change < settle) {
-    absl::SleepFor(absl::Milliseconds(1));
-    const uint64_t now_sent = client.stats().wire_requests;
-    if (now_sent != sent) {
-      sent = now_sent;
-      last_change = absl::Now();
-    }
-  }
+  WaitUntil(
+      [&] {
+        const uint64_t now_sent = client.stats().wire_requests;
+        if (now_sent != sent) {
+          sent = now_sent;
+          last_change = absl::Now();
+        }
+        return sent >= count || absl::Now() - last_change >= settle;
+      },
+      kTestDeadline, absl::Milliseconds(1));
   return sent;
 }
 
