@@ -33,6 +33,22 @@ void PrepareRead(ReadRequest& operation, uint64_t offset) {
   operation.buffer = operation.data.data();
 }
 
+// Waits until `sent` requests are on the wire and `queued` have waited for an in-flight slot.
+::testing::AssertionResult SentAndQueued(const Client& client, uint64_t sent, uint64_t queued) {
+  if (WaitUntil(
+          [&] {
+            const ClientStats stats = client.stats();
+            return stats.wire_requests == sent && stats.queue_full_waits == queued;
+          },
+          kWait)) {
+    return ::testing::AssertionSuccess();
+  }
+  const ClientStats stats = client.stats();
+  return ::testing::AssertionFailure() << stats.wire_requests << " requests on the wire (expected "
+                                       << sent << "), " << stats.queue_full_waits
+                                       << " waited for a slot (expected " << queued << ")";
+}
+
 class CancelTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -90,14 +106,7 @@ TEST_F(CancelTest, QueuedRequestIsNeverSent) {
   tracker.Submit(*client, &first);
   const uint64_t second_id = tracker.Submit(*client, &second);
   // The first holds the only slot; the second waits behind it (queue_full_waits counts it).
-  ASSERT_TRUE(WaitUntil(
-      [&] {
-        const ClientStats stats = client->stats();
-        return stats.wire_requests == 1 && stats.queue_full_waits == 1;
-      },
-      kWait))
-      << "wire requests " << client->stats().wire_requests << ", queue-full waits "
-      << client->stats().queue_full_waits;
+  ASSERT_TRUE(SentAndQueued(*client, 1, 1));
   client->Cancel(&second, second_id);
   ASSERT_TRUE(tracker.WaitFor(&second, kWait));
   EXPECT_EQ(tracker.status(&second).code(), absl::StatusCode::kCancelled);
@@ -133,14 +142,7 @@ TEST_F(CancelTest, ManyInFlightAllCompleteExactlyOnce) {
     ids[i] = tracker.Submit(*client, &reads[i]);
   }
   // 16 slots: the first 16 are on the wire, the other 16 wait for a slot.
-  ASSERT_TRUE(WaitUntil(
-      [&] {
-        const ClientStats stats = client->stats();
-        return stats.wire_requests == 16 && stats.queue_full_waits == 16;
-      },
-      kWait))
-      << "wire requests " << client->stats().wire_requests << ", queue-full waits "
-      << client->stats().queue_full_waits;
+  ASSERT_TRUE(SentAndQueued(*client, 16, 16));
   for (size_t i = 0; i < reads.size(); i += 2) client->Cancel(&reads[i], ids[i]);
   // Uncancelled reads take 2 s each on the server, 8 at a time in flight per round.
   ASSERT_TRUE(tracker.WaitForAll(absl::Seconds(30)))
