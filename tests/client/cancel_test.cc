@@ -71,9 +71,9 @@ class CancelTest : public ::testing::Test {
 };
 
 TEST_F(CancelTest, InFlightReadCompletesAtOnceAndTheConnectionStaysUsable) {
+  CompletionTracker tracker;
   std::unique_ptr<Client> client = Connect(4);
   ASSERT_NE(client, nullptr);
-  CompletionTracker tracker;
   ReadRequest read;
   PrepareRead(read, 0);
   const uint64_t id = tracker.Submit(*client, &read);
@@ -97,9 +97,9 @@ TEST_F(CancelTest, InFlightReadCompletesAtOnceAndTheConnectionStaysUsable) {
 }
 
 TEST_F(CancelTest, QueuedRequestIsNeverSent) {
+  CompletionTracker tracker;
   std::unique_ptr<Client> client = Connect(1);  // one slot: the second read must queue
   ASSERT_NE(client, nullptr);
-  CompletionTracker tracker;
   ReadRequest first, second;
   PrepareRead(first, 0);
   PrepareRead(second, 4096);
@@ -117,9 +117,9 @@ TEST_F(CancelTest, QueuedRequestIsNeverSent) {
 }
 
 TEST_F(CancelTest, CancellingACompletedRequestDoesNothing) {
+  CompletionTracker tracker;
   std::unique_ptr<Client> client = Connect(4);
   ASSERT_NE(client, nullptr);
-  CompletionTracker tracker;
   ReadRequest read;
   PrepareRead(read, 0);
   const uint64_t id = tracker.Submit(*client, &read);
@@ -132,9 +132,9 @@ TEST_F(CancelTest, CancellingACompletedRequestDoesNothing) {
 }
 
 TEST_F(CancelTest, ManyInFlightAllCompleteExactlyOnce) {
+  CompletionTracker tracker;
   std::unique_ptr<Client> client = Connect(16);
   ASSERT_NE(client, nullptr);
-  CompletionTracker tracker;
   std::vector<ReadRequest> reads(32);
   std::vector<uint64_t> ids(reads.size());
   for (size_t i = 0; i < reads.size(); ++i) {

@@ -742,11 +742,11 @@ TEST(ScriptedServerTest, MultiConnClientGetsOneScriptPerConnection) {
   options.connections = 2;
   options.connect_timeout = absl::Seconds(5);
   options.request_timeout = absl::Seconds(15);
+  nbdring::testing::CompletionTracker tracker;
   absl::StatusOr<std::unique_ptr<nbdring::Client>> client = nbdring::Client::Connect(options);
   ASSERT_TRUE(client.ok()) << client.status();
   ASSERT_EQ((*client)->connections(), 2);
 
-  nbdring::testing::CompletionTracker tracker;
   std::vector<uint8_t> first(4096), second(4096);
   // What the tracker counts each read under.
   auto read_at = [](uint64_t offset) {

@@ -29,6 +29,7 @@ TEST(NbdServerTest, SimpleRepliesCarryReadsWritesAndZeroes) {
   ASSERT_OK(CreateSparseFile(image, kImageSize));
   ASSERT_OK_AND_ASSIGN(auto server, OneShotNbdServer::Start(image));
   // Structured replies are asked for (the default) and refused by nbd-server.
+  CompletionTracker reads;
   ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri()));
   const ExportInfo& info = client->export_info();
   EXPECT_EQ(info.name, "default");
@@ -54,7 +55,6 @@ TEST(NbdServerTest, SimpleRepliesCarryReadsWritesAndZeroes) {
   // Many small reads at once: simple replies carry no offset, so each must be matched to its
   // request by cookie alone.
   std::vector<uint8_t> read(4 * kMiB, 0xcc);
-  CompletionTracker reads;
   const uint64_t chunk = 4096 + 512;
   uint64_t issued = 0;
   for (uint64_t offset = 0; offset < read.size(); offset += chunk) {

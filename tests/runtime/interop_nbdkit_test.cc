@@ -198,6 +198,7 @@ TEST(NbdkitMemoryTest, CommandFlagsFuaDfReqOneAndNoHole) {
 
 TEST(NbdkitMemoryTest, CallbackApiRunsEveryCallbackExactlyOnce) {
   ASSERT_OK_AND_ASSIGN(auto server, ServerProcess::StartNbdkit({"memory", "64M"}));
+  CompletionTracker tracker;
   ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri(), WithBaseAllocation()));
   const uint32_t allocation_id = client->export_info().FindMetaContext("base:allocation")->id;
 
@@ -211,7 +212,6 @@ TEST(NbdkitMemoryTest, CallbackApiRunsEveryCallbackExactlyOnce) {
   const Operation trimmed = MakeOperation(Command::kTrim, 4 * kMiB, 64 * kKiB);
   const Operation zeroed = MakeOperation(Command::kWriteZeroes, 5 * kMiB, 64 * kKiB);
   const Operation status_done = MakeOperation(Command::kBlockStatus, 0, 2 * kMiB);
-  CompletionTracker tracker;
   client->Pwrite(data.data(), data.size(), kMiB, tracker.Callback(&wrote));
   ASSERT_TRUE(tracker.WaitFor(&wrote));
   ASSERT_OK(tracker.status(&wrote));
@@ -422,6 +422,7 @@ TEST(NbdkitPatternTest, ReadsOfEverySizeThroughATinyReceiveBuffer) {
     options.receive_buffer_bytes = 4096;
     options.direct_receive_bytes = direct_receive_bytes;
     options.inflight_limit = 128;
+    CompletionTracker reads;
     ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri(), options));
     std::mt19937_64 generator(direct_receive_bytes);
     std::uniform_int_distribution<uint64_t> lengths(1, 20000);
@@ -429,7 +430,6 @@ TEST(NbdkitPatternTest, ReadsOfEverySizeThroughATinyReceiveBuffer) {
     constexpr int kReads = 2000;
     std::vector<std::vector<uint8_t>> buffers(kReads);
     std::vector<uint64_t> starts(kReads);
-    CompletionTracker reads;
     for (int i = 0; i < kReads; ++i) {
       buffers[i].assign(lengths(generator), 0xee);
       starts[i] = offsets(generator);
@@ -691,6 +691,7 @@ TEST(NbdkitErrorTest, ServerErrorsBecomeStatusesAndASplitRequestFailsOnce) {
                             "error-pread-rate=1", absl::StrCat("error-pread-file=", trigger),
                             "error-pwrite=ENOSPC", "error-pwrite-rate=1",
                             absl::StrCat("error-pwrite-file=", trigger)}));
+  CompletionTracker tracker;
   ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri()));
   std::vector<uint8_t> data = RandomBytes(40 * kMiB, 9);
   ASSERT_OK(client->PwriteSync(data.data(), data.size(), 0));
@@ -706,7 +707,6 @@ TEST(NbdkitErrorTest, ServerErrorsBecomeStatusesAndASplitRequestFailsOnce) {
 
   // 40 MiB goes out as two or more parts, every one of which fails: one completion, one error.
   uint64_t errors_before = client->stats().errors;
-  CompletionTracker tracker;
   Operation split = MakeOperation(Command::kRead, 0, read.size(), read.data());
   tracker.Submit(*client, &split);
   ASSERT_TRUE(tracker.WaitFor(&split));

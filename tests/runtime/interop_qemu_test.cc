@@ -100,6 +100,7 @@ TEST(QemuNbdRawTest, SparseReadsArriveAsHoleChunksAndAreZeroed) {
   std::string image = dir->File("sparse.raw");
   ASSERT_OK(CreateSparseFile(image, 4 * kMiB));
   ASSERT_OK_AND_ASSIGN(auto server, ServerProcess::StartQemuNbd(image, "raw"));
+  CompletionTracker tracker;
   ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri()));
 
   std::vector<uint8_t> data = RandomBytes(128 * kKiB, 13);
@@ -110,7 +111,6 @@ TEST(QemuNbdRawTest, SparseReadsArriveAsHoleChunksAndAreZeroed) {
   // The buffer starts out non-zero so that a hole the client forgot to zero shows.
   std::vector<uint8_t> buffer(2 * kMiB, 0xa5);
   HoleTrackingRead read(0, absl::MakeSpan(buffer));
-  CompletionTracker tracker;
   tracker.Submit(*client, &read);
   ASSERT_TRUE(tracker.WaitFor(&read));
   ASSERT_OK(tracker.status(&read));
@@ -140,6 +140,7 @@ TEST(QemuNbdRawTest, HolesInASplitReadAreReportedRelativeToTheWholeRequest) {
   std::string image = dir->File("sparse.raw");
   ASSERT_OK(CreateSparseFile(image, kImageSize));
   ASSERT_OK_AND_ASSIGN(auto server, ServerProcess::StartQemuNbd(image, "raw"));
+  CompletionTracker tracker;
   ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri()));
 
   // Data at [1M, 1M+128K) and [37M, 37M+128K) of a 40 MiB read starting at 0: the second lies
@@ -154,7 +155,6 @@ TEST(QemuNbdRawTest, HolesInASplitReadAreReportedRelativeToTheWholeRequest) {
 
   std::vector<uint8_t> buffer(expected.size(), 0xa5);
   HoleTrackingRead read(0, absl::MakeSpan(buffer));
-  CompletionTracker tracker;
   tracker.Submit(*client, &read);
   ASSERT_TRUE(tracker.WaitFor(&read));
   ASSERT_OK(tracker.status(&read));
@@ -238,6 +238,7 @@ TEST(QemuNbdMultiConnTest, FourConnectionsOnTwoRingsShareOneImage) {
   ClientOptions options;
   options.connections = 4;
   options.threads = 2;
+  CompletionTracker writes, reads;
   ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri(), options));
   EXPECT_EQ(client->connections(), 4);
   EXPECT_EQ(client->threads(), 2);
@@ -246,7 +247,6 @@ TEST(QemuNbdMultiConnTest, FourConnectionsOnTwoRingsShareOneImage) {
   // any connection covers writes completed on all of them), then reads of everything.
   std::vector<uint8_t> data = RandomBytes(16 * kMiB, 15);
   const uint64_t chunk = 64 * kKiB;
-  CompletionTracker writes;
   for (uint64_t offset = 0; offset < data.size(); offset += chunk) {
     client->Pwrite(data.data() + offset, chunk, offset, writes.Callback());
   }
@@ -255,7 +255,6 @@ TEST(QemuNbdMultiConnTest, FourConnectionsOnTwoRingsShareOneImage) {
   ASSERT_OK(client->FlushSync());
 
   std::vector<uint8_t> read(data.size());
-  CompletionTracker reads;
   for (uint64_t offset = 0; offset < data.size(); offset += chunk) {
     client->Pread(read.data() + offset, chunk, offset, reads.Callback());
   }
