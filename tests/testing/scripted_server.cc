@@ -486,11 +486,18 @@ void ScriptedServer::Run() {
       break;
     }
     deadline = absl::Now() + options_.io_timeout;
+    if (i + 1 == static_cast<int>(scripts_.size())) {
+      // Every script has its connection: later connection attempts are refused, not left
+      // waiting. Closed before the last script starts, so no client can see it still open.
+      close(listen_fd_);
+      listen_fd_ = -1;
+    }
     scripts.emplace_back([this, i, fd = *fd] { RunScript(i, fd); });
   }
-  // Every script has its connection: later connection attempts are refused, not left waiting.
-  close(listen_fd_);
-  listen_fd_ = -1;
+  if (listen_fd_ >= 0) {
+    close(listen_fd_);
+    listen_fd_ = -1;
+  }
   for (std::thread& script : scripts) script.join();
   std::lock_guard<std::mutex> lock(mutex_);
   finished_ = true;
