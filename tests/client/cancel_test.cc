@@ -1,8 +1,5 @@
 // Client::Cancel against a real nbdkit slowed by its delay filter, so requests are really
 // in flight (or really queued) when they are cancelled.
-#include <atomic>
-#include <chrono>
-#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -10,39 +7,46 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nbdring/client.h"
+#include "tests/testing/completion_tracker.h"
 #include "tests/testing/server_process.h"
 
 namespace nbdring {
 namespace {
 
 using ::nbd::testing::ServerProcess;
+using ::nbdring::testing::CompletionTracker;
+using ::nbdring::testing::WaitUntil;
 using ::testing::HasSubstr;
 
-struct CountedOperation : Operation {
-  std::atomic<int> completions{0};
-  std::atomic<bool> done{false};
-  absl::Status status;
+// Cancel must not wait for the server: 2 s per read. Waits for the client itself are bounded
+// by kWait, so a lost completion fails the test instead of hanging it.
+constexpr absl::Duration kWait = absl::Seconds(10);
+
+struct ReadRequest : Operation {
   std::vector<uint8_t> data = std::vector<uint8_t>(4096, 0xAA);
 };
 
-void OnCountedComplete(Operation* operation, const absl::Status& status) {
-  auto* counted = static_cast<CountedOperation*>(operation);
-  counted->status = status;
-  counted->completions.fetch_add(1);
-  counted->done.store(true, std::memory_order_release);
-  counted->done.notify_all();
-}
-
-void PrepareRead(CountedOperation& operation, uint64_t offset) {
+void PrepareRead(ReadRequest& operation, uint64_t offset) {
   operation.command = Command::kRead;
   operation.offset = offset;
   operation.length = operation.data.size();
   operation.buffer = operation.data.data();
-  operation.on_complete = &OnCountedComplete;
 }
 
-void WaitDone(CountedOperation& operation) {
-  while (!operation.done.load(std::memory_order_acquire)) operation.done.wait(false);
+// Waits until `sent` requests are on the wire and `queued` have waited for an in-flight slot.
+::testing::AssertionResult SentAndQueued(const Client& client, uint64_t sent, uint64_t queued) {
+  if (WaitUntil(
+          [&] {
+            const ClientStats stats = client.stats();
+            return stats.wire_requests == sent && stats.queue_full_waits == queued;
+          },
+          kWait)) {
+    return ::testing::AssertionSuccess();
+  }
+  const ClientStats stats = client.stats();
+  return ::testing::AssertionFailure() << stats.wire_requests << " requests on the wire (expected "
+                                       << sent << "), " << stats.queue_full_waits
+                                       << " waited for a slot (expected " << queued << ")";
 }
 
 class CancelTest : public ::testing::Test {
@@ -67,19 +71,21 @@ class CancelTest : public ::testing::Test {
 };
 
 TEST_F(CancelTest, InFlightReadCompletesAtOnceAndTheConnectionStaysUsable) {
+  CompletionTracker tracker;
   std::unique_ptr<Client> client = Connect(4);
   ASSERT_NE(client, nullptr);
-  CountedOperation read;
+  ReadRequest read;
   PrepareRead(read, 0);
-  const uint64_t id = client->Submit(&read);
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // it is on the wire now
-  EXPECT_EQ(client->stats().wire_requests, 1u);
+  const uint64_t id = tracker.Submit(*client, &read);
+  ASSERT_TRUE(WaitUntil([&] { return client->stats().wire_requests == 1; }, kWait))
+      << "the read never went on the wire";
   absl::Time cancelled_at = absl::Now();
   client->Cancel(&read, id);
-  WaitDone(read);
+  ASSERT_TRUE(tracker.WaitFor(&read, kWait));
   EXPECT_LT(absl::Now() - cancelled_at, absl::Seconds(1));
-  EXPECT_EQ(read.status.code(), absl::StatusCode::kCancelled);
-  EXPECT_THAT(read.status.message(), HasSubstr("NBD_CMD_READ at offset 0 length 4096 was cancelled"));
+  const absl::Status status = tracker.status(&read);
+  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled);
+  EXPECT_THAT(status.message(), HasSubstr("NBD_CMD_READ at offset 0 length 4096 was cancelled"));
   // The late reply is discarded; the buffer the caller got back is not written to.
   std::fill(read.data.begin(), read.data.end(), 0x55);
   // The same connection serves the next request (after the server's delay).
@@ -87,63 +93,71 @@ TEST_F(CancelTest, InFlightReadCompletesAtOnceAndTheConnectionStaysUsable) {
   EXPECT_TRUE(client->PreadSync(buffer.data(), buffer.size(), 4096).ok());
   EXPECT_EQ(buffer, std::vector<uint8_t>(4096, 0));
   EXPECT_EQ(read.data, std::vector<uint8_t>(4096, 0x55));
-  EXPECT_EQ(read.completions.load(), 1);
+  EXPECT_TRUE(tracker.ExactlyOnce());
 }
 
 TEST_F(CancelTest, QueuedRequestIsNeverSent) {
+  CompletionTracker tracker;
   std::unique_ptr<Client> client = Connect(1);  // one slot: the second read must queue
   ASSERT_NE(client, nullptr);
-  CountedOperation first, second;
+  ReadRequest first, second;
   PrepareRead(first, 0);
   PrepareRead(second, 4096);
-  client->Submit(&first);
-  const uint64_t second_id = client->Submit(&second);
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  tracker.Submit(*client, &first);
+  const uint64_t second_id = tracker.Submit(*client, &second);
+  // The first holds the only slot; the second waits behind it (queue_full_waits counts it).
+  ASSERT_TRUE(SentAndQueued(*client, 1, 1));
   client->Cancel(&second, second_id);
-  WaitDone(second);
-  EXPECT_EQ(second.status.code(), absl::StatusCode::kCancelled);
-  WaitDone(first);
-  EXPECT_TRUE(first.status.ok()) << first.status;
+  ASSERT_TRUE(tracker.WaitFor(&second, kWait));
+  EXPECT_EQ(tracker.status(&second).code(), absl::StatusCode::kCancelled);
+  ASSERT_TRUE(tracker.WaitFor(&first, kWait));
+  EXPECT_TRUE(tracker.status(&first).ok()) << tracker.status(&first);
   EXPECT_EQ(client->stats().wire_requests, 1u);  // the cancelled one never left
-  EXPECT_EQ(first.completions.load(), 1);
-  EXPECT_EQ(second.completions.load(), 1);
+  EXPECT_TRUE(tracker.ExactlyOnce());
 }
 
 TEST_F(CancelTest, CancellingACompletedRequestDoesNothing) {
+  CompletionTracker tracker;
   std::unique_ptr<Client> client = Connect(4);
   ASSERT_NE(client, nullptr);
-  CountedOperation read;
+  ReadRequest read;
   PrepareRead(read, 0);
-  const uint64_t id = client->Submit(&read);
-  WaitDone(read);
-  ASSERT_TRUE(read.status.ok()) << read.status;
+  const uint64_t id = tracker.Submit(*client, &read);
+  ASSERT_TRUE(tracker.WaitFor(&read, kWait));
+  ASSERT_TRUE(tracker.status(&read).ok()) << tracker.status(&read);
   client->Cancel(&read, id);
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  EXPECT_EQ(read.completions.load(), 1);
+  // Close drains the ring, so a second completion the stale Cancel caused would be counted.
   EXPECT_TRUE(client->Close().ok());
+  EXPECT_TRUE(tracker.ExactlyOnce());
 }
 
 TEST_F(CancelTest, ManyInFlightAllCompleteExactlyOnce) {
+  CompletionTracker tracker;
   std::unique_ptr<Client> client = Connect(16);
   ASSERT_NE(client, nullptr);
-  std::vector<CountedOperation> reads(32);
+  std::vector<ReadRequest> reads(32);
   std::vector<uint64_t> ids(reads.size());
   for (size_t i = 0; i < reads.size(); ++i) {
     PrepareRead(reads[i], i * 4096);
-    ids[i] = client->Submit(&reads[i]);
+    ids[i] = tracker.Submit(*client, &reads[i]);
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  // 16 slots: the first 16 are on the wire, the other 16 wait for a slot.
+  ASSERT_TRUE(SentAndQueued(*client, 16, 16));
   for (size_t i = 0; i < reads.size(); i += 2) client->Cancel(&reads[i], ids[i]);
-  for (CountedOperation& read : reads) WaitDone(read);
+  // Uncancelled reads take 2 s each on the server, 8 at a time in flight per round.
+  ASSERT_TRUE(tracker.WaitForAll(absl::Seconds(30)))
+      << tracker.completed() << " of " << reads.size() << " completed";
   for (size_t i = 0; i < reads.size(); ++i) {
-    EXPECT_EQ(reads[i].completions.load(), 1) << i;
+    EXPECT_EQ(tracker.completions(&reads[i]), 1) << i;
+    const absl::Status status = tracker.status(&reads[i]);
     if (i % 2 == 0) {
-      EXPECT_EQ(reads[i].status.code(), absl::StatusCode::kCancelled) << i;
+      EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << i;
     } else {
-      EXPECT_TRUE(reads[i].status.ok()) << i << ": " << reads[i].status;
+      EXPECT_TRUE(status.ok()) << i << ": " << status;
     }
   }
   EXPECT_TRUE(client->Close().ok());
+  EXPECT_TRUE(tracker.ExactlyOnce());
 }
 
 }  // namespace

@@ -7,7 +7,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -19,14 +23,18 @@
 #include "nbd/handshake.h"
 #include "nbd/request.h"
 #include "nbd/wire.h"
+#include "nbdring/client.h"
 #include "tests/testing/byte_builder.h"
+#include "tests/testing/completion_tracker.h"
 
 namespace nbd::testing {
 namespace {
 
+using ::testing::Contains;
 using ::testing::ElementsAre;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
+using ::testing::UnorderedElementsAre;
 
 // The client side of a test: a blocking Unix socket whose every wait is bounded.
 class RawClient {
@@ -600,6 +608,180 @@ TEST(ScriptedServerTest, RefusesToReadAPayloadOfARead) {
   ASSERT_TRUE(client.SendRequest(Command::kRead, 1, 0, 512).ok());
   EXPECT_THAT(std::string(server.Wait().message()),
               HasSubstr("request 0 is NBD_CMD_READ (0), which carries no payload"));
+}
+
+// --- Several connections ----------------------------------------------------------------------
+
+// A multi-conn export whose base:allocation context has id 7 + `connection`: the spec lets a
+// server number contexts differently on each connection.
+ScriptedExport MultiConnExport(int connection) {
+  ScriptedExport export_config{.meta_contexts = {{7u + connection, "base:allocation"}}};
+  export_config.transmission_flags |= kFlagCanMultiConn;
+  return export_config;
+}
+
+TEST(ScriptedServerTest, EachConnectionRunsItsOwnScriptInAcceptOrder) {
+  ScriptedServer server(2, [](int connection) {
+    return std::vector<Action>{Greet(), ExpectClientFlags(),
+                               HandleOptionsUntilGo(MultiConnExport(connection)),
+                               ExpectRequest(Command::kRead), ReplyReadPattern(0),
+                               ExpectDisconnect()};
+  });
+  RawClient first(server.socket_path());
+  absl::StatusOr<ExportInfo> first_info = first.Negotiate(StructuredWith({"base:allocation"}));
+  ASSERT_TRUE(first_info.ok()) << first_info.status();
+  RawClient second(server.socket_path());
+  absl::StatusOr<ExportInfo> second_info = second.Negotiate(StructuredWith({"base:allocation"}));
+  ASSERT_TRUE(second_info.ok()) << second_info.status();
+  // Both connections are taken: a third is refused rather than left waiting.
+  RawClient third(server.socket_path());
+  EXPECT_FALSE(third.connected());
+
+  EXPECT_TRUE(first_info->can_multi_conn());
+  ASSERT_EQ(first_info->meta_contexts.size(), 1u);
+  EXPECT_EQ(first_info->meta_contexts[0].id, 7u);
+  ASSERT_EQ(second_info->meta_contexts.size(), 1u);
+  EXPECT_EQ(second_info->meta_contexts[0].id, 8u);
+
+  // Each connection answers its own request, the second connection first.
+  ASSERT_TRUE(second.SendRequest(Command::kRead, 22, 8192, 512).ok());
+  absl::StatusOr<std::vector<uint8_t>> second_reply = second.Receive(20 + 8 + 512);
+  ASSERT_TRUE(second_reply.ok()) << second_reply.status();
+  ASSERT_TRUE(first.SendRequest(Command::kRead, 11, 0, 512).ok());
+  absl::StatusOr<std::vector<uint8_t>> first_reply = first.Receive(20 + 8 + 512);
+  ASSERT_TRUE(first_reply.ok()) << first_reply.status();
+  EXPECT_EQ(std::vector<uint8_t>(second_reply->begin() + 28, second_reply->end()),
+            PatternBytes(8192, 512));
+  EXPECT_EQ(std::vector<uint8_t>(first_reply->begin() + 28, first_reply->end()),
+            PatternBytes(0, 512));
+  ASSERT_TRUE(first.SendRequest(Command::kDisc, 12, 0, 0).ok());
+  ASSERT_TRUE(second.SendRequest(Command::kDisc, 23, 0, 0).ok());
+  first.CloseNow();
+  second.CloseNow();
+  EXPECT_TRUE(server.Wait().ok()) << server.Wait();
+
+  for (int connection : {0, 1}) {
+    SCOPED_TRACE(absl::StrCat("connection ", connection));
+    std::vector<RecordedRequest> requests = server.requests(connection);
+    ASSERT_EQ(requests.size(), 2u);
+    EXPECT_EQ(requests[0].header.cookie, connection == 0 ? 11u : 22u);
+    EXPECT_EQ(requests[1].header.command, Command::kDisc);
+    ASSERT_FALSE(server.options(connection).empty());
+    EXPECT_EQ(server.options(connection).back().option, static_cast<uint32_t>(Option::kGo));
+  }
+  // requests() and options() without an index are connection 0's.
+  ASSERT_EQ(server.requests().size(), 2u);
+  EXPECT_EQ(server.requests()[0].header.cookie, 11u);
+  EXPECT_EQ(server.options().size(), server.options(0).size());
+  EXPECT_TRUE(server.requests(2).empty());
+}
+
+TEST(ScriptedServerTest, NamesTheConnectionWhoseScriptFailed) {
+  ScriptedServer server(2, [](int connection) {
+    return std::vector<Action>{Greet(), ExpectClientFlags(), HandleOptionsUntilGo(),
+                               ExpectRequest(connection == 0 ? Command::kRead : Command::kWrite)};
+  });
+  RawClient first(server.socket_path());
+  ASSERT_TRUE(first.Negotiate(StructuredWith()).ok());
+  RawClient second(server.socket_path());
+  ASSERT_TRUE(second.Negotiate(StructuredWith()).ok());
+  ASSERT_TRUE(first.SendRequest(Command::kRead, 1, 0, 512).ok());
+  ASSERT_TRUE(second.SendRequest(Command::kRead, 2, 0, 512).ok());
+  absl::Status result = server.Wait();
+  EXPECT_EQ(result.code(), absl::StatusCode::kFailedPrecondition) << result;
+  EXPECT_THAT(std::string(result.message()),
+              HasSubstr("connection 1: action 3 ExpectRequest(NBD_CMD_WRITE): request 0 is "
+                        "NBD_CMD_READ (0), expected NBD_CMD_WRITE"));
+  EXPECT_EQ(server.requests(0).size(), 1u);
+  EXPECT_EQ(server.requests(1).size(), 1u);
+}
+
+TEST(ScriptedServerTest, WaitsForEveryConnectionOnlyAsLongAsTheIoTimeout) {
+  ScriptedServer server(
+      2, [](int) { return std::vector<Action>{Greet(), ExpectClientFlags()}; },
+      {.io_timeout = absl::Milliseconds(200)});
+  RawClient first(server.socket_path());
+  ASSERT_TRUE(first.Receive(kNewstyleGreetingSize).ok());
+  ASSERT_TRUE(first.Send(ByteBuilder().U32(kClientFlagFixedNewstyle).bytes()).ok());
+  absl::Status result = server.Wait(absl::Seconds(10));
+  EXPECT_EQ(result.code(), absl::StatusCode::kDeadlineExceeded) << result;
+  EXPECT_THAT(std::string(result.message()),
+              HasSubstr("connection 1: no client connected within 200ms"));
+}
+
+// nbdring's Client with connections = 2 opens both (one handshake after the other), then
+// spreads requests over them: two reads in flight at once go one to each connection.
+TEST(ScriptedServerTest, MultiConnClientGetsOneScriptPerConnection) {
+  std::mutex mutex;
+  std::condition_variable changed;
+  int connections_with_a_read = 0;
+  // Replies only once both connections have a read, so the client cannot send both on one.
+  auto both_have_a_read = [&](ScriptedConnection&) {
+    std::unique_lock<std::mutex> lock(mutex);
+    ++connections_with_a_read;
+    changed.notify_all();
+    if (!changed.wait_for(lock, std::chrono::seconds(10),
+                          [&] { return connections_with_a_read == 2; })) {
+      return absl::DeadlineExceededError("the other connection got no read within 10 s");
+    }
+    return absl::OkStatus();
+  };
+  ScriptedServer server(2, [&](int) {
+    ScriptedExport export_config;
+    export_config.transmission_flags |= kFlagCanMultiConn;
+    return std::vector<Action>{Greet(),
+                               ExpectClientFlags(),
+                               HandleOptionsUntilGo(export_config),
+                               ExpectRequest(Command::kRead),
+                               Custom("BothConnectionsHaveARead", both_have_a_read),
+                               ReplyReadPattern(0),
+                               ExpectDisconnect()};
+  });
+  nbdring::ClientOptions options;
+  options.uri = server.uri();
+  options.connections = 2;
+  options.connect_timeout = absl::Seconds(5);
+  options.request_timeout = absl::Seconds(15);
+  nbdring::testing::CompletionTracker tracker;
+  absl::StatusOr<std::unique_ptr<nbdring::Client>> client = nbdring::Client::Connect(options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_EQ((*client)->connections(), 2);
+
+  std::vector<uint8_t> first(4096), second(4096);
+  // What the tracker counts each read under.
+  auto read_at = [](uint64_t offset) {
+    nbdring::Operation read;
+    read.offset = offset;
+    read.length = 4096;
+    return read;
+  };
+  const nbdring::Operation first_read = read_at(0);
+  const nbdring::Operation second_read = read_at(65536);
+  (*client)->Pread(first.data(), first.size(), 0, tracker.Callback(&first_read));
+  (*client)->Pread(second.data(), second.size(), 65536, tracker.Callback(&second_read));
+  ASSERT_TRUE(tracker.WaitForAll(absl::Seconds(20)))
+      << tracker.completed() << " of 2 reads completed";
+  EXPECT_TRUE(tracker.first_error().ok()) << tracker.first_error();
+  EXPECT_EQ(first, PatternBytes(0, 4096));
+  EXPECT_EQ(second, PatternBytes(65536, 4096));
+  EXPECT_TRUE((*client)->Close().ok());
+  EXPECT_TRUE(tracker.ExactlyOnce());
+  EXPECT_TRUE(server.Wait().ok()) << server.Wait();
+
+  std::vector<uint64_t> offsets;
+  for (int connection : {0, 1}) {
+    SCOPED_TRACE(absl::StrCat("connection ", connection));
+    std::vector<uint32_t> negotiated;
+    for (const RecordedOption& option : server.options(connection)) {
+      negotiated.push_back(option.option);
+    }
+    EXPECT_THAT(negotiated, Contains(static_cast<uint32_t>(Option::kGo)));
+    std::vector<RecordedRequest> requests = server.requests(connection);
+    ASSERT_EQ(requests.size(), 2u);
+    offsets.push_back(requests[0].header.offset);
+    EXPECT_EQ(requests[1].header.command, Command::kDisc);
+  }
+  EXPECT_THAT(offsets, UnorderedElementsAre(0u, 65536u));
 }
 
 TEST(ScriptedServerTest, PatternNeverRepeatsAtPowerOfTwoStridesAndIsNeverZero) {

@@ -14,13 +14,11 @@
 // fail with Unavailable.
 #include <algorithm>
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -33,6 +31,7 @@
 #include "nbd/wire.h"
 #include "nbdring/client.h"
 #include "tests/testing/byte_builder.h"
+#include "tests/testing/completion_tracker.h"
 #include "tests/testing/scripted_server.h"
 
 namespace nbd::testing {
@@ -41,6 +40,7 @@ namespace {
 using ::nbdring::Client;
 using ::nbdring::ClientOptions;
 using ::nbdring::Operation;
+using ::nbdring::testing::CompletionTracker;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Pair;
@@ -84,85 +84,21 @@ class GuardedBuffer {
   std::vector<uint8_t> bytes_;
 };
 
-// Counts the completions of requests, identified by small integers chosen by the test.
-class Completions {
- public:
-  Client::Callback For(int id) {
-    Expect(id);
-    return [this, id](absl::Status status) { Record(id, std::move(status)); };
-  }
-  void Expect(int id) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    calls_.emplace(id, 0);
-  }
-  void Record(int id, absl::Status status) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    ++calls_[id];
-    statuses_[id] = std::move(status);
-    changed_.notify_all();
-  }
-  // True once request `id` has completed.
-  bool Wait(int id) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    return changed_.wait_for(lock, absl::ToChronoMilliseconds(kCompletionWait),
-                             [&] { return calls_[id] > 0; });
-  }
-  bool WaitAll() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    return changed_.wait_for(lock, absl::ToChronoMilliseconds(kCompletionWait), [&] {
-      return std::all_of(calls_.begin(), calls_.end(),
-                         [](const std::pair<const int, int>& entry) { return entry.second > 0; });
-    });
-  }
-  absl::Status status(int id) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (calls_[id] == 0) return absl::UnknownError("callback never ran");
-    return statuses_[id];
-  }
-  void ExpectEachCalledOnce() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (const auto& [id, calls] : calls_) {
-      EXPECT_EQ(calls, 1) << "callback of request " << id << " ran " << calls << " times";
-    }
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  std::map<int, int> calls_;
-  std::map<int, absl::Status> statuses_;
-};
-
-// The zero-allocation path: a caller-owned Operation reporting to Completions.
-struct TrackedOperation {
-  Operation operation;
-  Completions* completions = nullptr;
-  int id = 0;
+// The zero-allocation path: a caller-owned Operation that records its on_hole calls.
+struct TrackedOperation : Operation {
   std::vector<std::pair<uint64_t, uint64_t>> holes;  // on_hole calls: offset, length
 };
 
-void OnTrackedComplete(Operation* operation, const absl::Status& status) {
-  auto* tracked = static_cast<TrackedOperation*>(operation->user_data);
-  tracked->completions->Record(tracked->id, status);
-}
-
 void OnTrackedHole(Operation* operation, uint64_t offset_in_request, uint64_t length) {
-  static_cast<TrackedOperation*>(operation->user_data)
-      ->holes.emplace_back(offset_in_request, length);
+  static_cast<TrackedOperation*>(operation)->holes.emplace_back(offset_in_request, length);
 }
 
-void PrepareRead(TrackedOperation* tracked, Completions* completions, int id, GuardedBuffer* buffer,
-                 uint64_t offset) {
-  tracked->completions = completions;
-  tracked->id = id;
-  tracked->operation.command = Command::kRead;
-  tracked->operation.offset = offset;
-  tracked->operation.length = buffer->size();
-  tracked->operation.buffer = buffer->data();
-  tracked->operation.on_complete = OnTrackedComplete;
-  tracked->operation.on_hole = OnTrackedHole;
-  tracked->operation.user_data = tracked;
-  completions->Expect(id);
+void PrepareRead(TrackedOperation* tracked, GuardedBuffer* buffer, uint64_t offset) {
+  tracked->command = Command::kRead;
+  tracked->offset = offset;
+  tracked->length = buffer->size();
+  tracked->buffer = buffer->data();
+  tracked->on_hole = OnTrackedHole;
 }
 
 std::vector<Action> Negotiate(ScriptedExport export_config = {}) {
@@ -201,25 +137,40 @@ class TransmissionFaultTest : public ::testing::Test {
     return client.ok() ? *std::move(client) : nullptr;
   }
 
+  // Requests are named by small integers chosen by the test. The tracker counts each under an
+  // Operation: the caller's own on the zero-allocation path, a stand-in for the callback API.
+  Client::Callback For(int id) { return tracker_.Callback(Name(id, &stand_ins_[id])); }
+  uint64_t Submit(Client& client, TrackedOperation* operation, int id) {
+    Name(id, operation);
+    return tracker_.Submit(client, operation);
+  }
+  const Operation* Name(int id, const Operation* operation) { return names_[id] = operation; }
+  // True once request `id` has completed.
+  bool Wait(int id) { return tracker_.WaitFor(names_.at(id), kCompletionWait); }
+  absl::Status StatusOf(int id) {
+    if (tracker_.completions(names_.at(id)) == 0) return absl::UnknownError("callback never ran");
+    return tracker_.status(names_.at(id));
+  }
+
   // Reads `buffer->size()` bytes at `offset` as request `id` and waits for the callback.
   absl::Status Read(Client& client, GuardedBuffer* buffer, uint64_t offset, int id) {
-    client.Pread(buffer->data(), buffer->size(), offset, completions_.For(id));
-    if (!completions_.Wait(id)) return absl::DeadlineExceededError("read callback never ran");
-    return completions_.status(id);
+    client.Pread(buffer->data(), buffer->size(), offset, For(id));
+    if (!Wait(id)) return absl::DeadlineExceededError("read callback never ran");
+    return StatusOf(id);
   }
 
   // Reads into `first` at offset 0 and `second` at 2 * kReadSize as requests 0 and 1, both in
   // flight at once, and waits for both callbacks; false if one never ran.
   bool ReadTwoAtOnce(Client& client, GuardedBuffer* first, GuardedBuffer* second) {
-    client.Pread(first->data(), first->size(), 0, completions_.For(0));
-    client.Pread(second->data(), second->size(), 2 * kReadSize, completions_.For(1));
-    return completions_.WaitAll();
+    client.Pread(first->data(), first->size(), 0, For(0));
+    client.Pread(second->data(), second->size(), 2 * kReadSize, For(1));
+    return tracker_.WaitForAll(kCompletionWait);
   }
 
   absl::Status Write(Client& client, const std::vector<uint8_t>& data, uint64_t offset, int id) {
-    client.Pwrite(data.data(), data.size(), offset, completions_.For(id));
-    if (!completions_.Wait(id)) return absl::DeadlineExceededError("write callback never ran");
-    return completions_.status(id);
+    client.Pwrite(data.data(), data.size(), offset, For(id));
+    if (!Wait(id)) return absl::DeadlineExceededError("write callback never ran");
+    return StatusOf(id);
   }
 
   // Destroys the client, which must complete everything, then checks that every callback ran
@@ -228,7 +179,11 @@ class TransmissionFaultTest : public ::testing::Test {
     absl::Time start = absl::Now();
     client->reset();
     EXPECT_LT(absl::Now() - start, absl::Seconds(5)) << "destroying the client took too long";
-    completions_.ExpectEachCalledOnce();
+    for (const auto& [id, name] : names_) {
+      const int calls = tracker_.completions(name);
+      EXPECT_EQ(calls, 1) << "callback of request " << id << " ran " << calls << " times";
+    }
+    EXPECT_TRUE(tracker_.ExactlyOnce());
     absl::Status script = server->Wait();
     EXPECT_TRUE(script.ok()) << script;
   }
@@ -298,11 +253,11 @@ class TransmissionFaultTest : public ::testing::Test {
     GuardedBuffer second(kReadSize);
     ASSERT_TRUE(ReadTwoAtOnce(*client, &first, &second)) << "a request in flight never completed";
     for (int id : {0, 1}) {
-      absl::Status status = completions_.status(id);
+      absl::Status status = StatusOf(id);
       EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
       EXPECT_THAT(std::string(status.message()), HasSubstr(phrase));
     }
-    EXPECT_EQ(completions_.status(0), completions_.status(1));
+    EXPECT_EQ(StatusOf(0), StatusOf(1));
     EXPECT_TRUE(first.guards_intact());
     EXPECT_TRUE(second.guards_intact());
     // ExpectClose() ends once the client has dropped the connection.
@@ -316,7 +271,9 @@ class TransmissionFaultTest : public ::testing::Test {
     Finish(&client, &server);
   }
 
-  Completions completions_;
+  CompletionTracker tracker_;
+  std::map<int, Operation> stand_ins_;
+  std::map<int, const Operation*> names_;
   Watchdog watchdog_{::testing::UnitTest::GetInstance()->current_test_info()->name(),
                      absl::Seconds(60)};
 };
@@ -339,12 +296,12 @@ TEST_F(TransmissionFaultTest, ServerClosesMidReadPayloadWithEightReadsInFlight) 
   std::vector<TrackedOperation> operations(kReads);
   for (int i = 0; i < kReads; ++i) {
     buffers.push_back(std::make_unique<GuardedBuffer>(kLargeRead));
-    PrepareRead(&operations[i], &completions_, i, buffers.back().get(), i * kLargeRead);
-    client->Submit(&operations[i].operation);
+    PrepareRead(&operations[i], buffers.back().get(), i * kLargeRead);
+    Submit(*client, &operations[i], i);
   }
-  ASSERT_TRUE(completions_.WaitAll()) << "a read in flight never completed";
+  ASSERT_TRUE(tracker_.WaitForAll(kCompletionWait)) << "a read in flight never completed";
   for (int i = 0; i < kReads; ++i) {
-    absl::Status status = completions_.status(i);
+    absl::Status status = StatusOf(i);
     EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << "read " << i << ": " << status;
     EXPECT_TRUE(buffers[i]->guards_intact()) << "read " << i;
   }
@@ -379,9 +336,9 @@ TEST_F(TransmissionFaultTest, DuplicateReplyForACompletedCookie) {
   ASSERT_EQ(requests.size(), 2u);
   int answered = requests[0].header.offset == 0 ? 0 : 1;
   GuardedBuffer& answered_buffer = answered == 0 ? first : second;
-  EXPECT_TRUE(completions_.status(answered).ok()) << completions_.status(answered);
+  EXPECT_TRUE(StatusOf(answered).ok()) << StatusOf(answered);
   EXPECT_EQ(answered_buffer.contents(), PatternBytes(requests[0].header.offset, kReadSize));
-  absl::Status other = completions_.status(1 - answered);
+  absl::Status other = StatusOf(1 - answered);
   EXPECT_EQ(other.code(), absl::StatusCode::kDataLoss) << other;
   EXPECT_THAT(std::string(other.message()),
               HasSubstr(absl::StrCat("NBD_REPLY_TYPE_OFFSET_DATA chunk for cookie ",
@@ -446,12 +403,12 @@ TEST_F(TransmissionFaultTest, ServerClosesMidWritePayload) {
   ASSERT_NE(client, nullptr);
   std::vector<uint8_t> first(kLargeWrite, 0x44);
   std::vector<uint8_t> second(kLargeWrite, 0x55);
-  client->Pwrite(first.data(), first.size(), 0, completions_.For(0));
-  client->Pwrite(second.data(), second.size(), kLargeWrite, completions_.For(1));
-  ASSERT_TRUE(completions_.WaitAll()) << "a write in flight never completed";
+  client->Pwrite(first.data(), first.size(), 0, For(0));
+  client->Pwrite(second.data(), second.size(), kLargeWrite, For(1));
+  ASSERT_TRUE(tracker_.WaitForAll(kCompletionWait)) << "a write in flight never completed";
   for (int id : {0, 1}) {
-    EXPECT_EQ(completions_.status(id).code(), absl::StatusCode::kUnavailable)
-        << completions_.status(id);
+    EXPECT_EQ(StatusOf(id).code(), absl::StatusCode::kUnavailable)
+        << StatusOf(id);
   }
   Finish(&client, &server);
 }
@@ -576,12 +533,12 @@ TEST_F(TransmissionFaultTest, ReplyBeforeTheWritePayloadWasSent) {
   std::vector<uint8_t> data = PatternBytes(0, kLargeWrite);
   std::atomic<bool> payload_read_before_callback{false};
   client->Pwrite(data.data(), data.size(), 0,
-                 [&, done = completions_.For(0)](absl::Status status) mutable {
+                 [&, done = For(0)](absl::Status status) mutable {
                    payload_read_before_callback.store(server_reading_payload.load());
                    done(std::move(status));
                  });
-  ASSERT_TRUE(completions_.Wait(0));
-  absl::Status status = completions_.status(0);
+  ASSERT_TRUE(Wait(0));
+  absl::Status status = StatusOf(0);
   EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
   EXPECT_THAT(std::string(status.message()), HasSubstr("no room"));
   EXPECT_TRUE(payload_read_before_callback.load())
@@ -642,12 +599,12 @@ TEST_F(TransmissionFaultTest, EshutdownFailsTheReadAndTheClientDisconnects) {
   EXPECT_TRUE(script.ok()) << "no soft disconnect after NBD_ESHUTDOWN: " << script;
 
   // Either read may have arrived first; the one the server refused is the one that failed.
-  int refused = completions_.status(0).ok() ? 1 : 0;
-  absl::Status status = completions_.status(refused);
+  int refused = StatusOf(0).ok() ? 1 : 0;
+  absl::Status status = StatusOf(refused);
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
   EXPECT_THAT(std::string(status.message()), HasSubstr("NBD_ESHUTDOWN"));
   EXPECT_THAT(std::string(status.message()), HasSubstr("server going down"));
-  EXPECT_TRUE(completions_.status(1 - refused).ok()) << completions_.status(1 - refused);
+  EXPECT_TRUE(StatusOf(1 - refused).ok()) << StatusOf(1 - refused);
   GuardedBuffer& answered = refused == 0 ? second : first;
   EXPECT_EQ(answered.contents(), PatternBytes(refused == 0 ? 2 * kReadSize : 0, kReadSize));
   EXPECT_TRUE(first.guards_intact());
@@ -675,16 +632,16 @@ TEST_F(TransmissionFaultTest, BlockStatusForAnUnknownContextId) {
   auto record = [&seen](uint32_t context_id, absl::Span<const Extent> extents) {
     seen.emplace_back(context_id, std::vector<Extent>(extents.begin(), extents.end()));
   };
-  client->BlockStatus(kReadSize, 0, record, completions_.For(0));
-  ASSERT_TRUE(completions_.Wait(0));
-  absl::Status status = completions_.status(0);
+  client->BlockStatus(kReadSize, 0, record, For(0));
+  ASSERT_TRUE(Wait(0));
+  absl::Status status = StatusOf(0);
   EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
   EXPECT_THAT(std::string(status.message()), HasSubstr("meta context id 99"));
   EXPECT_TRUE(seen.empty()) << "extents of an unknown context were passed on";
 
-  client->BlockStatus(kReadSize, 0, record, completions_.For(1));
-  ASSERT_TRUE(completions_.Wait(1));
-  EXPECT_TRUE(completions_.status(1).ok()) << completions_.status(1);
+  client->BlockStatus(kReadSize, 0, record, For(1));
+  ASSERT_TRUE(Wait(1));
+  EXPECT_TRUE(StatusOf(1).ok()) << StatusOf(1);
   ASSERT_EQ(seen.size(), 1u);
   EXPECT_EQ(seen[0].first, 1u);
   ASSERT_EQ(seen[0].second.size(), 1u);
@@ -712,11 +669,11 @@ TEST_F(TransmissionFaultTest, RepliesInReverseOrder) {
   std::vector<std::unique_ptr<GuardedBuffer>> buffers;
   for (int i = 0; i < kReads; ++i) {
     buffers.push_back(std::make_unique<GuardedBuffer>(kLargeRead));
-    client->Pread(buffers[i]->data(), kLargeRead, i * kLargeRead, completions_.For(i));
+    client->Pread(buffers[i]->data(), kLargeRead, i * kLargeRead, For(i));
   }
-  ASSERT_TRUE(completions_.WaitAll());
+  ASSERT_TRUE(tracker_.WaitForAll(kCompletionWait));
   for (int i = 0; i < kReads; ++i) {
-    EXPECT_TRUE(completions_.status(i).ok()) << "read " << i << ": " << completions_.status(i);
+    EXPECT_TRUE(StatusOf(i).ok()) << "read " << i << ": " << StatusOf(i);
     EXPECT_EQ(buffers[i]->contents(), PatternBytes(i * kLargeRead, kLargeRead)) << "read " << i;
     EXPECT_TRUE(buffers[i]->guards_intact());
   }
@@ -751,9 +708,9 @@ TEST_F(TransmissionFaultTest, EveryByteTrickledOneAtATime) {
   EXPECT_TRUE(buffer.guards_intact());
   status = Write(*client, Bytes(300, 0x33), 2000, 1);
   EXPECT_TRUE(status.ok()) << status;
-  client->Flush(completions_.For(2));
-  ASSERT_TRUE(completions_.Wait(2));
-  EXPECT_TRUE(completions_.status(2).ok()) << completions_.status(2);
+  client->Flush(For(2));
+  ASSERT_TRUE(Wait(2));
+  EXPECT_TRUE(StatusOf(2).ok()) << StatusOf(2);
   Finish(&client, &server);
 }
 
@@ -769,10 +726,10 @@ TEST_F(TransmissionFaultTest, HoleChunksZeroTheBufferAndAreReported) {
   ASSERT_NE(client, nullptr);
   GuardedBuffer buffer(kReadSize);
   TrackedOperation read;
-  PrepareRead(&read, &completions_, 0, &buffer, 8192);
-  client->Submit(&read.operation);
-  ASSERT_TRUE(completions_.Wait(0));
-  EXPECT_TRUE(completions_.status(0).ok()) << completions_.status(0);
+  PrepareRead(&read, &buffer, 8192);
+  Submit(*client, &read, 0);
+  ASSERT_TRUE(Wait(0));
+  EXPECT_TRUE(StatusOf(0).ok()) << StatusOf(0);
   std::vector<uint8_t> expected = PatternBytes(8192, kReadSize);
   std::fill(expected.begin() + 1024, expected.end(), 0);
   EXPECT_EQ(buffer.contents(), expected);

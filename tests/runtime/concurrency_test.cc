@@ -5,9 +5,9 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <future>
-#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -21,6 +21,7 @@
 #include "gtest/gtest.h"
 #include "nbdring/client.h"
 #include "tests/runtime/test_support.h"
+#include "tests/testing/completion_tracker.h"
 #include "tests/testing/server_process.h"
 
 namespace nbdring::testing {
@@ -39,29 +40,6 @@ struct Region {
   std::vector<uint8_t> read;     // where the reads of the first half land
 };
 
-// A caller-owned Operation that counts its completions. Build with Request::Make.
-struct Request {
-  Operation operation;
-  std::atomic<int> calls{0};
-  absl::Status status;  // written before `counter` hears of it, read after
-  CompletionCounter* counter = nullptr;
-
-  static std::unique_ptr<Request> Make(Operation operation, CompletionCounter* counter) {
-    auto request = std::make_unique<Request>();
-    request->operation = operation;
-    request->operation.on_complete = &Request::OnComplete;
-    request->operation.user_data = request.get();
-    request->counter = counter;
-    return request;
-  }
-  static void OnComplete(Operation* operation, const absl::Status& status) {
-    auto* request = static_cast<Request*>(operation->user_data);
-    request->status = UnsharedCopy(status);
-    request->calls.fetch_add(1, std::memory_order_acq_rel);
-    request->counter->Done(status);
-  }
-};
-
 TEST(ConcurrencyTest, FourSubmittersFourConnectionsTwoRings) {
   constexpr int kSubmitters = 4;
   constexpr uint64_t kRegionSize = 16 * kMiB;
@@ -70,6 +48,7 @@ TEST(ConcurrencyTest, FourSubmittersFourConnectionsTwoRings) {
   options.connections = 4;
   options.threads = 2;
   options.inflight_limit = 32;
+  CompletionTracker completions;
   ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri(), options));
   ASSERT_EQ(client->connections(), 4);
   ASSERT_EQ(client->threads(), 2);
@@ -88,12 +67,9 @@ TEST(ConcurrencyTest, FourSubmittersFourConnectionsTwoRings) {
 
   // Each thread cuts both halves into pieces of 512 B to 16 KiB and interleaves reads of the
   // first half with writes of the second, half through the Operation API (writes) and half
-  // through the callback API (reads).
-  std::vector<std::vector<std::unique_ptr<Request>>> writes(kSubmitters);
-  std::vector<std::unique_ptr<std::atomic<int>[]>> read_calls(kSubmitters);
-  std::vector<size_t> read_counts(kSubmitters, 0);
-  CompletionCounter completions;
-  std::atomic<uint64_t> issued{0};
+  // through the callback API (reads, each counted under an Operation describing it).
+  std::vector<std::vector<std::unique_ptr<Operation>>> writes(kSubmitters);
+  std::vector<std::vector<Operation>> reads(kSubmitters);
   std::vector<std::thread> submitters;
   for (int i = 0; i < kSubmitters; ++i) {
     submitters.emplace_back([&, i] {
@@ -113,39 +89,31 @@ TEST(ConcurrencyTest, FourSubmittersFourConnectionsTwoRings) {
       }
       std::shuffle(read_ranges.begin(), read_ranges.end(), generator);
       std::shuffle(write_ranges.begin(), write_ranges.end(), generator);
-      read_counts[i] = read_ranges.size();
-      read_calls[i].reset(new std::atomic<int>[read_ranges.size()]);
-      for (size_t r = 0; r < read_ranges.size(); ++r) read_calls[i][r] = 0;
-      writes[i].reserve(write_ranges.size());
+      for (const auto& [offset, length] : read_ranges) {
+        reads[i].push_back(MakeOperation(Command::kRead, region.base + offset, length,
+                                         region.read.data() + offset));
+      }
       for (const auto& [offset, length] : write_ranges) {
-        writes[i].push_back(Request::Make(
+        writes[i].push_back(std::make_unique<Operation>(
             MakeOperation(Command::kWrite, region.base + region.size / 2 + offset, length,
-                          region.written.data() + offset),
-            &completions));
+                          region.written.data() + offset)));
       }
       size_t next_read = 0, next_write = 0;
       while (next_read < read_ranges.size() || next_write < write_ranges.size()) {
         if (next_read < read_ranges.size()) {
-          auto [offset, length] = read_ranges[next_read];
-          std::atomic<int>* calls = &read_calls[i][next_read];
-          client->Pread(region.read.data() + offset, length, region.base + offset,
-                        [calls, &completions](absl::Status status) {
-                          calls->fetch_add(1, std::memory_order_acq_rel);
-                          completions.Done(status);
-                        });
+          const Operation& read = reads[i][next_read];
+          client->Pread(read.buffer, read.length, read.offset, completions.Callback(&read));
           ++next_read;
-          issued.fetch_add(1);
         }
         if (next_write < write_ranges.size()) {
-          client->Submit(&writes[i][next_write]->operation);
+          completions.Submit(*client, writes[i][next_write].get());
           ++next_write;
-          issued.fetch_add(1);
         }
       }
     });
   }
   for (std::thread& submitter : submitters) submitter.join();
-  const uint64_t total = issued.load();
+  const uint64_t total = completions.submitted();
   EXPECT_GT(total, 4000u);
   ASSERT_TRUE(completions.WaitFor(total, absl::Seconds(120)))
       << completions.completed() << " of " << total << " completed";
@@ -162,14 +130,7 @@ TEST(ConcurrencyTest, FourSubmittersFourConnectionsTwoRings) {
   ASSERT_OK(client->Close());
   // After Close nothing is pending: every callback ran exactly once.
   EXPECT_EQ(completions.completed(), total);
-  for (int i = 0; i < kSubmitters; ++i) {
-    for (const auto& request : writes[i]) {
-      ASSERT_EQ(request->calls.load(), 1) << "write at " << request->operation.offset;
-    }
-    for (size_t r = 0; r < read_counts[i]; ++r) {
-      ASSERT_EQ(read_calls[i][r].load(), 1) << "read " << r << " of submitter " << i;
-    }
-  }
+  EXPECT_TRUE(completions.ExactlyOnce());
   // A FlushSync and the PreadSyncs above count too.
   EXPECT_EQ(client->stats().requests - requests_before, total + 1 + kSubmitters);
 }
@@ -183,6 +144,7 @@ TEST(ConcurrencyTest, RepliesInAnotherOrderReachTheirOwnRequests) {
           {"eval", "thread_model=echo parallel", "get_size=echo 1M",
            "pread=k=$(($4 / 4096)); sleep 0.$((7 - k % 8)); "
            "head -c $3 /dev/zero | tr '\\0' \"\\\\$(printf %03o $((k % 250 + 1)))\""}));
+  CompletionTracker done;
   ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri()));
   ASSERT_TRUE(client->export_info().read_only());
 
@@ -190,17 +152,18 @@ TEST(ConcurrencyTest, RepliesInAnotherOrderReachTheirOwnRequests) {
   std::vector<std::vector<uint8_t>> buffers(kReads, std::vector<uint8_t>(4096, 0));
   std::mutex order_mutex;
   std::vector<int> completion_order;
-  CompletionCounter done;
   for (int k = 0; k < kReads; ++k) {
-    client->Pread(buffers[k].data(), 4096, k * 4096, [&, k](absl::Status status) {
-      {
-        std::lock_guard<std::mutex> lock(order_mutex);
-        completion_order.push_back(k);
-      }
-      done.Done(status);
-    });
+    client->Pread(buffers[k].data(), 4096, k * 4096,
+                  [&, k, count = done.Callback()](absl::Status status) mutable {
+                    {
+                      std::lock_guard<std::mutex> lock(order_mutex);
+                      completion_order.push_back(k);
+                    }
+                    count(std::move(status));
+                  });
   }
   ASSERT_TRUE(done.WaitFor(kReads));
+  EXPECT_TRUE(done.ExactlyOnce());
   EXPECT_OK(done.first_error());
   for (int k = 0; k < kReads; ++k) {
     EXPECT_EQ(DescribeDifference(std::vector<uint8_t>(4096, static_cast<uint8_t>(k + 1)),
@@ -223,22 +186,21 @@ TEST(ConcurrencyTest, InflightLimitQueuesTheRestAndEverythingCompletes) {
   ASSERT_OK_AND_ASSIGN(auto server, ServerProcess::StartNbdkit({"memory", "16M"}));
   ClientOptions options;
   options.inflight_limit = 2;
+  CompletionTracker completions;
   ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri(), options));
 
   constexpr int kRequests = 200;
   std::vector<uint8_t> data = RandomBytes(kRequests * 8 * kKiB, 41);
-  std::vector<std::unique_ptr<Request>> requests;
-  CompletionCounter completions;
+  std::vector<Operation> requests;
   for (int i = 0; i < kRequests; ++i) {
-    requests.push_back(Request::Make(
-        MakeOperation(Command::kWrite, i * 8 * kKiB, 8 * kKiB, data.data() + i * 8 * kKiB),
-        &completions));
+    requests.push_back(
+        MakeOperation(Command::kWrite, i * 8 * kKiB, 8 * kKiB, data.data() + i * 8 * kKiB));
   }
   // All 200 from this thread in one burst: at most 2 can be in flight.
-  for (auto& request : requests) client->Submit(&request->operation);
-  ASSERT_TRUE(completions.WaitFor(kRequests));
+  for (Operation& request : requests) completions.Submit(*client, &request);
+  ASSERT_TRUE(completions.WaitForAll());
   EXPECT_OK(completions.first_error());
-  for (const auto& request : requests) EXPECT_EQ(request->calls.load(), 1);
+  EXPECT_TRUE(completions.ExactlyOnce());
   EXPECT_GT(client->stats().queue_full_waits, 0u);
 
   std::vector<uint8_t> read(data.size());
@@ -251,29 +213,27 @@ TEST(ConcurrencyTest, RequestsAbove32MiBAreSplitAndCompleteOnce) {
   ClientOptions options;
   options.connections = 2;
   options.threads = 2;
+  CompletionTracker completions;
   ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri(), options));
 
   const uint64_t length = 40 * kMiB + 4097;
   const uint64_t offset = 3 * kMiB + 1;
   std::vector<uint8_t> data = RandomBytes(length, 42);
   ClientStats before = client->stats();
-  CompletionCounter completions;
-  auto write = Request::Make(MakeOperation(Command::kWrite, offset, length, data.data()),
-                             &completions);
-  client->Submit(&write->operation);
-  ASSERT_TRUE(completions.WaitFor(1));
-  EXPECT_OK(write->status);
+  Operation write = MakeOperation(Command::kWrite, offset, length, data.data());
+  completions.Submit(*client, &write);
+  ASSERT_TRUE(completions.WaitFor(&write));
+  EXPECT_OK(completions.status(&write));
   ClientStats after_write = client->stats();
   EXPECT_EQ(after_write.requests - before.requests, 1u);
   EXPECT_GE(after_write.wire_requests - before.wire_requests, 2u);
   EXPECT_EQ(after_write.bytes_written - before.bytes_written, length);
 
   std::vector<uint8_t> read(length, 0);
-  auto read_request = Request::Make(MakeOperation(Command::kRead, offset, length, read.data()),
-                                    &completions);
-  client->Submit(&read_request->operation);
-  ASSERT_TRUE(completions.WaitFor(2));
-  EXPECT_OK(read_request->status);
+  Operation read_request = MakeOperation(Command::kRead, offset, length, read.data());
+  completions.Submit(*client, &read_request);
+  ASSERT_TRUE(completions.WaitFor(&read_request));
+  EXPECT_OK(completions.status(&read_request));
   EXPECT_EQ(DescribeDifference(data, read), "");
   ClientStats after_read = client->stats();
   EXPECT_EQ(after_read.requests - after_write.requests, 1u);
@@ -287,8 +247,8 @@ TEST(ConcurrencyTest, RequestsAbove32MiBAreSplitAndCompleteOnce) {
                                absl::MakeSpan(read).subspan(0, 8 * kMiB)),
             "");
   ASSERT_OK(client->Close());
-  EXPECT_EQ(write->calls.load(), 1);
-  EXPECT_EQ(read_request->calls.load(), 1);
+  EXPECT_EQ(completions.completions(&write), 1);
+  EXPECT_EQ(completions.completions(&read_request), 1);
 }
 
 TEST(ConcurrencyTest, LengthsAbove4GiBAreSplitForThe32BitLengthField) {
@@ -337,6 +297,7 @@ TEST(ConcurrencyTest, CloseWhileOtherThreadsSubmitCompletesEverythingOnce) {
   ClientOptions options;
   options.connections = 2;
   options.threads = 2;
+  CompletionTracker completions;
   ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri(), options));
 
   constexpr int kThreads = 4;
@@ -345,66 +306,69 @@ TEST(ConcurrencyTest, CloseWhileOtherThreadsSubmitCompletesEverythingOnce) {
   // One buffer slice per request: two rings must never write the same bytes.
   std::vector<std::vector<uint8_t>> buffers(kThreads,
                                             std::vector<uint8_t>(kPerThread * kReadSize));
-  std::vector<std::unique_ptr<std::atomic<int>[]>> calls(kThreads);
-  for (auto& per_thread : calls) {
-    per_thread.reset(new std::atomic<int>[kPerThread]);
-    for (int i = 0; i < kPerThread; ++i) per_thread[i] = 0;
+  // Each read is counted under an Operation describing it.
+  std::vector<std::vector<Operation>> reads(kThreads);
+  for (int t = 0; t < kThreads; ++t) {
+    for (int i = 0; i < kPerThread; ++i) {
+      reads[t].push_back(MakeOperation(Command::kRead, (i % 4096) * 4096, kReadSize,
+                                       buffers[t].data() + i * kReadSize));
+    }
   }
-  std::atomic<uint64_t> unexpected{0};
-  CompletionCounter completions;
   std::atomic<bool> go{false};
   std::vector<std::thread> submitters;
   for (int t = 0; t < kThreads; ++t) {
     submitters.emplace_back([&, t] {
       while (!go.load()) std::this_thread::yield();
-      for (int i = 0; i < kPerThread; ++i) {
-        std::atomic<int>* counter = &calls[t][i];
-        client->Pread(buffers[t].data() + i * kReadSize, kReadSize, (i % 4096) * 4096,
-                      [counter, &completions, &unexpected](absl::Status status) {
-                        if (!status.ok() && status.code() != absl::StatusCode::kUnavailable) {
-                          unexpected.fetch_add(1);
-                        }
-                        counter->fetch_add(1);
-                        completions.Done(status);
-                      });
+      for (const Operation& read : reads[t]) {
+        client->Pread(read.buffer, read.length, read.offset, completions.Callback(&read));
       }
     });
   }
   go.store(true);
-  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  // Close once the submitters are well under way (a tenth of their requests), not before;
+  // EXPECT, not ASSERT: the submitting threads must still be joined.
+  EXPECT_TRUE(WaitUntil([&] { return completions.submitted() >= kThreads * kPerThread / 10; },
+                        absl::Seconds(30)))
+      << completions.submitted() << " submitted";
   ASSERT_OK(client->Close());
   for (std::thread& submitter : submitters) submitter.join();
   ASSERT_TRUE(completions.WaitFor(kThreads * kPerThread))
       << completions.completed() << " of " << kThreads * kPerThread << " completed";
-  EXPECT_EQ(unexpected.load(), 0u) << "only OK or UNAVAILABLE are expected";
+  EXPECT_TRUE(completions.ExactlyOnce());
+  int unexpected = 0;
   for (int t = 0; t < kThreads; ++t) {
-    for (int i = 0; i < kPerThread; ++i) {
-      ASSERT_EQ(calls[t][i].load(), 1) << "thread " << t << " request " << i;
+    for (const Operation& read : reads[t]) {
+      const absl::Status status = completions.status(&read);
+      if (!status.ok() && status.code() != absl::StatusCode::kUnavailable && ++unexpected <= 5) {
+        ADD_FAILURE() << "read at " << read.offset << " of thread " << t << ": " << status;
+      }
     }
   }
+  EXPECT_EQ(unexpected, 0) << "only OK or UNAVAILABLE are expected";
   // A request after Close fails at once, still exactly once.
-  StatusWaiter late;
-  client->Pread(buffers[0].data(), kReadSize, 0, late.Callback());
-  EXPECT_EQ(late.Wait().code(), absl::StatusCode::kUnavailable);
-  EXPECT_EQ(late.calls(), 1);
+  Operation late = MakeOperation(Command::kRead, 0, kReadSize, buffers[0].data());
+  client->Pread(late.buffer, late.length, late.offset, completions.Callback(&late));
+  ASSERT_TRUE(completions.WaitFor(&late));
+  EXPECT_EQ(completions.status(&late).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(completions.completions(&late), 1);
 }
 
 TEST(ConcurrencyTest, DestroyingTheClientRunsEveryPendingCallback) {
   ASSERT_OK_AND_ASSIGN(auto server, ServerProcess::StartNbdkit({"memory", "16M"}));
   ClientOptions options;
   options.inflight_limit = 4;
+  CompletionTracker completions;
   ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri(), options));
   constexpr int kRequests = 500;
   std::vector<uint8_t> data = RandomBytes(kRequests * 4096, 44);
-  std::atomic<int> ok{0}, failed{0};
   for (int i = 0; i < kRequests; ++i) {
-    client->Pwrite(data.data() + i * 4096, 4096, i * 4096, [&](absl::Status status) {
-      (status.ok() ? ok : failed).fetch_add(1);
-    });
+    client->Pwrite(data.data() + i * 4096, 4096, i * 4096, completions.Callback());
   }
   client.reset();  // "Drains every request": the destructor returns after every callback ran.
-  EXPECT_EQ(ok.load() + failed.load(), kRequests);
-  EXPECT_EQ(failed.load(), 0) << "draining means completing, not cancelling";
+  EXPECT_EQ(completions.completed(), static_cast<uint64_t>(kRequests));
+  EXPECT_TRUE(completions.ExactlyOnce());
+  EXPECT_EQ(completions.failed(), 0u)
+      << "draining means completing, not cancelling: " << completions.first_error();
 
   ASSERT_OK_AND_ASSIGN(auto reader, ConnectTo(server->uri()));
   std::vector<uint8_t> read(data.size());
@@ -434,23 +398,29 @@ TEST(ConcurrencyTest, RequestTimeoutFailsTheRequestAndItsConnection) {
 TEST(ConcurrencyTest, ServerDeathCompletesEveryInFlightRequestWithUnavailable) {
   ASSERT_OK_AND_ASSIGN(auto server, ServerProcess::StartNbdkit(
                                         {"--filter=delay", "memory", "1M", "rdelay=5000ms"}));
+  CompletionTracker completions;
   ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri()));
   constexpr int kReads = 10;
   std::vector<std::vector<uint8_t>> buffers(kReads, std::vector<uint8_t>(4096));
-  std::vector<std::unique_ptr<StatusWaiter>> waiters;
+  std::vector<Operation> reads;
   for (int i = 0; i < kReads; ++i) {
-    waiters.push_back(std::make_unique<StatusWaiter>());
-    client->Pread(buffers[i].data(), 4096, i * 4096, waiters.back()->Callback());
+    reads.push_back(MakeOperation(Command::kRead, i * 4096, 4096, buffers[i].data()));
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  for (const Operation& read : reads) {
+    client->Pread(read.buffer, read.length, read.offset, completions.Callback(&read));
+  }
+  ASSERT_TRUE(WaitUntil([&] { return client->stats().wire_requests >= kReads; },
+                        absl::Seconds(10)))
+      << client->stats().wire_requests << " of " << kReads << " reads on the wire";
   server->Kill(SIGKILL);
   ASSERT_OK(server->Wait());
   for (int i = 0; i < kReads; ++i) {
-    absl::Status status = waiters[i]->Wait(absl::Seconds(10));
+    ASSERT_TRUE(completions.WaitFor(&reads[i], absl::Seconds(10))) << "read " << i;
+    absl::Status status = completions.status(&reads[i]);
     EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << "read " << i << ": " << status;
   }
   EXPECT_OK(client->Close());
-  for (const auto& waiter : waiters) EXPECT_EQ(waiter->calls(), 1);
+  EXPECT_TRUE(completions.ExactlyOnce());
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include "gtest/gtest.h"
 #include "nbdring/client.h"
 #include "tests/runtime/test_support.h"
+#include "tests/testing/completion_tracker.h"
 #include "tests/testing/server_process.h"
 
 namespace nbdring::testing {
@@ -54,10 +55,9 @@ std::vector<Range> PlanRequests(uint64_t size, uint64_t seed) {
 // Issues every write of the plan at once through the callback API and waits for all of them.
 void WriteEverything(Client& client, const std::vector<uint8_t>& data, uint64_t seed) {
   std::vector<Range> plan = PlanRequests(data.size(), seed);
-  CompletionCounter writes;
+  CompletionTracker writes;
   for (const Range& range : plan) {
-    client.Pwrite(data.data() + range.offset, range.length, range.offset,
-                  [&writes](absl::Status status) { writes.Done(status); });
+    client.Pwrite(data.data() + range.offset, range.length, range.offset, writes.Callback());
   }
   ASSERT_TRUE(writes.WaitFor(plan.size(), absl::Seconds(120)))
       << writes.completed() << " of " << plan.size() << " writes completed";
@@ -70,10 +70,9 @@ void WriteEverything(Client& client, const std::vector<uint8_t>& data, uint64_t 
 void ReadEverything(Client& client, std::vector<uint8_t>* out, uint64_t seed) {
   out->assign(client.size(), 0xa5);
   std::vector<Range> plan = PlanRequests(out->size(), seed);
-  CompletionCounter reads;
+  CompletionTracker reads;
   for (const Range& range : plan) {
-    client.Pread(out->data() + range.offset, range.length, range.offset,
-                 [&reads](absl::Status status) { reads.Done(status); });
+    client.Pread(out->data() + range.offset, range.length, range.offset, reads.Callback());
   }
   ASSERT_TRUE(reads.WaitFor(plan.size(), absl::Seconds(120)))
       << reads.completed() << " of " << plan.size() << " reads completed";

@@ -13,6 +13,7 @@
 #include "gtest/gtest.h"
 #include "nbdring/client.h"
 #include "tests/runtime/test_support.h"
+#include "tests/testing/completion_tracker.h"
 #include "tests/testing/server_process.h"
 
 namespace nbdring::testing {
@@ -28,6 +29,7 @@ TEST(NbdServerTest, SimpleRepliesCarryReadsWritesAndZeroes) {
   ASSERT_OK(CreateSparseFile(image, kImageSize));
   ASSERT_OK_AND_ASSIGN(auto server, OneShotNbdServer::Start(image));
   // Structured replies are asked for (the default) and refused by nbd-server.
+  CompletionTracker reads;
   ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri()));
   const ExportInfo& info = client->export_info();
   EXPECT_EQ(info.name, "default");
@@ -53,13 +55,11 @@ TEST(NbdServerTest, SimpleRepliesCarryReadsWritesAndZeroes) {
   // Many small reads at once: simple replies carry no offset, so each must be matched to its
   // request by cookie alone.
   std::vector<uint8_t> read(4 * kMiB, 0xcc);
-  CompletionCounter reads;
   const uint64_t chunk = 4096 + 512;
   uint64_t issued = 0;
   for (uint64_t offset = 0; offset < read.size(); offset += chunk) {
     uint64_t length = std::min(chunk, read.size() - offset);
-    client->Pread(read.data() + offset, length, offset,
-                  [&reads](absl::Status status) { reads.Done(status); });
+    client->Pread(read.data() + offset, length, offset, reads.Callback());
     ++issued;
   }
   ASSERT_TRUE(reads.WaitFor(issued));

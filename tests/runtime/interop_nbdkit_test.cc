@@ -19,6 +19,7 @@
 #include "gtest/gtest.h"
 #include "nbdring/client.h"
 #include "tests/runtime/test_support.h"
+#include "tests/testing/completion_tracker.h"
 #include "tests/testing/server_process.h"
 
 namespace nbdring::testing {
@@ -197,23 +198,32 @@ TEST(NbdkitMemoryTest, CommandFlagsFuaDfReqOneAndNoHole) {
 
 TEST(NbdkitMemoryTest, CallbackApiRunsEveryCallbackExactlyOnce) {
   ASSERT_OK_AND_ASSIGN(auto server, ServerProcess::StartNbdkit({"memory", "64M"}));
+  CompletionTracker tracker;
   ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri(), WithBaseAllocation()));
   const uint32_t allocation_id = client->export_info().FindMetaContext("base:allocation")->id;
 
   std::vector<uint8_t> data = RandomBytes(256 * kKiB, 5);
-  StatusWaiter wrote;
-  client->Pwrite(data.data(), data.size(), kMiB, wrote.Callback());
-  ASSERT_OK(wrote.Wait());
-
   std::vector<uint8_t> read(data.size());
-  StatusWaiter read_done, flushed, trimmed, zeroed, cached, status_done;
-  client->Pread(read.data(), read.size(), kMiB, read_done.Callback());
-  client->Flush(flushed.Callback());
-  client->Cache(kMiB, 0, cached.Callback());
-  ASSERT_OK(read_done.Wait());
+  // What each callback is counted under.
+  const Operation wrote = MakeOperation(Command::kWrite, kMiB, data.size());
+  const Operation read_done = MakeOperation(Command::kRead, kMiB, read.size());
+  const Operation flushed = MakeOperation(Command::kFlush, 0, 0);
+  const Operation cached = MakeOperation(Command::kCache, 0, kMiB);
+  const Operation trimmed = MakeOperation(Command::kTrim, 4 * kMiB, 64 * kKiB);
+  const Operation zeroed = MakeOperation(Command::kWriteZeroes, 5 * kMiB, 64 * kKiB);
+  const Operation status_done = MakeOperation(Command::kBlockStatus, 0, 2 * kMiB);
+  client->Pwrite(data.data(), data.size(), kMiB, tracker.Callback(&wrote));
+  ASSERT_TRUE(tracker.WaitFor(&wrote));
+  ASSERT_OK(tracker.status(&wrote));
+
+  client->Pread(read.data(), read.size(), kMiB, tracker.Callback(&read_done));
+  client->Flush(tracker.Callback(&flushed));
+  client->Cache(kMiB, 0, tracker.Callback(&cached));
+  ASSERT_TRUE(tracker.WaitFor(&read_done));
+  ASSERT_OK(tracker.status(&read_done));
   EXPECT_EQ(DescribeDifference(data, read), "");
-  client->Trim(64 * kKiB, 4 * kMiB, trimmed.Callback(), nbd::kCmdFlagFua);
-  client->WriteZeroes(64 * kKiB, 5 * kMiB, zeroed.Callback(), nbd::kCmdFlagFastZero);
+  client->Trim(64 * kKiB, 4 * kMiB, tracker.Callback(&trimmed), nbd::kCmdFlagFua);
+  client->WriteZeroes(64 * kKiB, 5 * kMiB, tracker.Callback(&zeroed), nbd::kCmdFlagFastZero);
 
   std::mutex extents_mutex;
   std::vector<std::pair<uint32_t, std::vector<Extent>>> extents;
@@ -223,16 +233,15 @@ TEST(NbdkitMemoryTest, CallbackApiRunsEveryCallbackExactlyOnce) {
         std::lock_guard<std::mutex> lock(extents_mutex);
         extents.emplace_back(context_id, std::vector<Extent>(list.begin(), list.end()));
       },
-      status_done.Callback());
-  for (StatusWaiter* waiter : {&flushed, &trimmed, &zeroed, &cached, &status_done}) {
-    EXPECT_OK(waiter->Wait());
+      tracker.Callback(&status_done));
+  ASSERT_TRUE(tracker.WaitForAll());
+  for (const Operation* done : {&flushed, &trimmed, &zeroed, &cached, &status_done}) {
+    EXPECT_TRUE(tracker.status(done).ok())
+        << nbd::CommandName(done->command) << ": " << tracker.status(done);
   }
   ASSERT_OK(client->Close());
   // After Close, every callback has run and none may run again.
-  for (StatusWaiter* waiter :
-       {&wrote, &read_done, &flushed, &trimmed, &zeroed, &cached, &status_done}) {
-    EXPECT_EQ(waiter->calls(), 1);
-  }
+  EXPECT_TRUE(tracker.ExactlyOnce());
   std::lock_guard<std::mutex> lock(extents_mutex);
   ASSERT_EQ(extents.size(), 1u);
   EXPECT_EQ(extents[0].first, allocation_id);
@@ -413,6 +422,7 @@ TEST(NbdkitPatternTest, ReadsOfEverySizeThroughATinyReceiveBuffer) {
     options.receive_buffer_bytes = 4096;
     options.direct_receive_bytes = direct_receive_bytes;
     options.inflight_limit = 128;
+    CompletionTracker reads;
     ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri(), options));
     std::mt19937_64 generator(direct_receive_bytes);
     std::uniform_int_distribution<uint64_t> lengths(1, 20000);
@@ -420,15 +430,14 @@ TEST(NbdkitPatternTest, ReadsOfEverySizeThroughATinyReceiveBuffer) {
     constexpr int kReads = 2000;
     std::vector<std::vector<uint8_t>> buffers(kReads);
     std::vector<uint64_t> starts(kReads);
-    CompletionCounter reads;
     for (int i = 0; i < kReads; ++i) {
       buffers[i].assign(lengths(generator), 0xee);
       starts[i] = offsets(generator);
-      client->Pread(buffers[i].data(), buffers[i].size(), starts[i],
-                    [&reads](absl::Status status) { reads.Done(status); });
+      client->Pread(buffers[i].data(), buffers[i].size(), starts[i], reads.Callback());
     }
     ASSERT_TRUE(reads.WaitFor(kReads));
     EXPECT_OK(reads.first_error());
+    EXPECT_TRUE(reads.ExactlyOnce());
     for (int i = 0; i < kReads; ++i) {
       std::vector<uint8_t> expected(buffers[i].size());
       for (uint64_t j = 0; j < expected.size(); ++j) expected[j] = PatternByte(starts[i] + j);
@@ -682,6 +691,7 @@ TEST(NbdkitErrorTest, ServerErrorsBecomeStatusesAndASplitRequestFailsOnce) {
                             "error-pread-rate=1", absl::StrCat("error-pread-file=", trigger),
                             "error-pwrite=ENOSPC", "error-pwrite-rate=1",
                             absl::StrCat("error-pwrite-file=", trigger)}));
+  CompletionTracker tracker;
   ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri()));
   std::vector<uint8_t> data = RandomBytes(40 * kMiB, 9);
   ASSERT_OK(client->PwriteSync(data.data(), data.size(), 0));
@@ -697,11 +707,10 @@ TEST(NbdkitErrorTest, ServerErrorsBecomeStatusesAndASplitRequestFailsOnce) {
 
   // 40 MiB goes out as two or more parts, every one of which fails: one completion, one error.
   uint64_t errors_before = client->stats().errors;
-  OperationWaiter waiter;
   Operation split = MakeOperation(Command::kRead, 0, read.size(), read.data());
-  waiter.Attach(&split);
-  client->Submit(&split);
-  absl::Status failed = waiter.Wait();
+  tracker.Submit(*client, &split);
+  ASSERT_TRUE(tracker.WaitFor(&split));
+  absl::Status failed = tracker.status(&split);
   EXPECT_EQ(failed.code(), absl::StatusCode::kDataLoss) << failed;
   EXPECT_EQ(client->stats().errors - errors_before, 1u);
 
@@ -710,7 +719,7 @@ TEST(NbdkitErrorTest, ServerErrorsBecomeStatusesAndASplitRequestFailsOnce) {
   ASSERT_OK(client->PreadSync(read.data(), read.size(), 0));
   EXPECT_EQ(DescribeDifference(data, read), "");
   ASSERT_OK(client->Close());
-  EXPECT_EQ(waiter.calls(), 1);
+  EXPECT_TRUE(tracker.ExactlyOnce());
 }
 
 // --- Connecting, listing, querying ----------------------------------------------------------

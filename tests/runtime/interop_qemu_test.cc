@@ -3,11 +3,9 @@
 // qemu's own meta context qemu:allocation-depth. The file on disk (raw) and qemu-img (qcow2)
 // are the independent readers that check what the client wrote.
 #include <algorithm>
-#include <chrono>
-#include <condition_variable>
 #include <cstdint>
-#include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -15,6 +13,7 @@
 #include "gtest/gtest.h"
 #include "nbdring/client.h"
 #include "tests/runtime/test_support.h"
+#include "tests/testing/completion_tracker.h"
 #include "tests/testing/server_process.h"
 
 namespace nbdring::testing {
@@ -80,56 +79,20 @@ TEST(QemuNbdRawTest, EveryCommandAndTheFileOnDiskAgrees) {
   EXPECT_EQ(DescribeDifference(expected, on_disk), "");
 }
 
-// One read through the Operation API that records the holes the server reported.
-class HoleTrackingRead {
- public:
-  // Reads `buffer.size()` bytes at `offset` into `buffer` and waits up to 60 s for the
-  // completion: its status, or DeadlineExceeded if it never came.
-  absl::Status Run(Client& client, uint64_t offset, absl::Span<uint8_t> buffer) {
-    operation_.command = Command::kRead;
-    operation_.offset = offset;
-    operation_.length = buffer.size();
-    operation_.buffer = buffer.data();
-    operation_.on_hole = &HoleTrackingRead::OnHole;
-    operation_.on_complete = &HoleTrackingRead::OnComplete;
-    operation_.user_data = this;
-    client.Submit(&operation_);
-    std::unique_lock<std::mutex> lock(mutex_);
-    if (!completed_.wait_for(lock, std::chrono::seconds(60), [&] { return completions_ > 0; })) {
-      return absl::DeadlineExceededError("the read did not complete within 60 s");
-    }
-    return status_;
+// A read through the Operation API that records the holes the server reported: (offset in
+// request, length) of each, in the order reported. Read `holes` once the read completed.
+struct HoleTrackingRead : Operation {
+  HoleTrackingRead(uint64_t read_offset, absl::Span<uint8_t> destination) {
+    command = Command::kRead;
+    offset = read_offset;
+    length = destination.size();
+    buffer = destination.data();
+    on_hole = &HoleTrackingRead::OnHole;
   }
-  int completions() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return completions_;
-  }
-  // (offset in request, length) of each hole, in the order reported.
-  std::vector<std::pair<uint64_t, uint64_t>> holes() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return holes_;
-  }
-
- private:
   static void OnHole(Operation* operation, uint64_t offset_in_request, uint64_t length) {
-    auto* self = static_cast<HoleTrackingRead*>(operation->user_data);
-    std::lock_guard<std::mutex> lock(self->mutex_);
-    self->holes_.emplace_back(offset_in_request, length);
+    static_cast<HoleTrackingRead*>(operation)->holes.emplace_back(offset_in_request, length);
   }
-  static void OnComplete(Operation* operation, const absl::Status& status) {
-    auto* self = static_cast<HoleTrackingRead*>(operation->user_data);
-    std::lock_guard<std::mutex> lock(self->mutex_);
-    ++self->completions_;
-    self->status_ = UnsharedCopy(status);
-    self->completed_.notify_all();
-  }
-
-  Operation operation_;
-  std::mutex mutex_;
-  std::condition_variable completed_;
-  int completions_ = 0;
-  absl::Status status_;
-  std::vector<std::pair<uint64_t, uint64_t>> holes_;
+  std::vector<std::pair<uint64_t, uint64_t>> holes;
 };
 
 TEST(QemuNbdRawTest, SparseReadsArriveAsHoleChunksAndAreZeroed) {
@@ -137,6 +100,7 @@ TEST(QemuNbdRawTest, SparseReadsArriveAsHoleChunksAndAreZeroed) {
   std::string image = dir->File("sparse.raw");
   ASSERT_OK(CreateSparseFile(image, 4 * kMiB));
   ASSERT_OK_AND_ASSIGN(auto server, ServerProcess::StartQemuNbd(image, "raw"));
+  CompletionTracker tracker;
   ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri()));
 
   std::vector<uint8_t> data = RandomBytes(128 * kKiB, 13);
@@ -146,14 +110,16 @@ TEST(QemuNbdRawTest, SparseReadsArriveAsHoleChunksAndAreZeroed) {
   // [0, 128K) data, [128K, 2M) never written: qemu answers the latter with OFFSET_HOLE.
   // The buffer starts out non-zero so that a hole the client forgot to zero shows.
   std::vector<uint8_t> buffer(2 * kMiB, 0xa5);
-  HoleTrackingRead read;
-  ASSERT_OK(read.Run(*client, 0, absl::MakeSpan(buffer)));
+  HoleTrackingRead read(0, absl::MakeSpan(buffer));
+  tracker.Submit(*client, &read);
+  ASSERT_TRUE(tracker.WaitFor(&read));
+  ASSERT_OK(tracker.status(&read));
 
   std::vector<uint8_t> expected(buffer.size(), 0);
   std::copy(data.begin(), data.end(), expected.begin());
   EXPECT_EQ(DescribeDifference(expected, buffer), "");
-  EXPECT_EQ(read.completions(), 1);
-  const std::vector<std::pair<uint64_t, uint64_t>> holes = read.holes();
+  EXPECT_TRUE(tracker.ExactlyOnce());
+  const std::vector<std::pair<uint64_t, uint64_t>> holes = read.holes;
   ASSERT_FALSE(holes.empty()) << "qemu-nbd sends NBD_REPLY_TYPE_OFFSET_HOLE for sparse reads";
   uint64_t hole_bytes = 0;
   for (const auto& [offset, length] : holes) {
@@ -174,6 +140,7 @@ TEST(QemuNbdRawTest, HolesInASplitReadAreReportedRelativeToTheWholeRequest) {
   std::string image = dir->File("sparse.raw");
   ASSERT_OK(CreateSparseFile(image, kImageSize));
   ASSERT_OK_AND_ASSIGN(auto server, ServerProcess::StartQemuNbd(image, "raw"));
+  CompletionTracker tracker;
   ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri()));
 
   // Data at [1M, 1M+128K) and [37M, 37M+128K) of a 40 MiB read starting at 0: the second lies
@@ -187,12 +154,14 @@ TEST(QemuNbdRawTest, HolesInASplitReadAreReportedRelativeToTheWholeRequest) {
   ASSERT_OK(client->FlushSync());
 
   std::vector<uint8_t> buffer(expected.size(), 0xa5);
-  HoleTrackingRead read;
-  ASSERT_OK(read.Run(*client, 0, absl::MakeSpan(buffer)));
+  HoleTrackingRead read(0, absl::MakeSpan(buffer));
+  tracker.Submit(*client, &read);
+  ASSERT_TRUE(tracker.WaitFor(&read));
+  ASSERT_OK(tracker.status(&read));
   EXPECT_EQ(DescribeDifference(expected, buffer), "");
   // Every hole lies where nothing was written, and together they cover everything else.
   uint64_t hole_bytes = 0;
-  for (const auto& [offset, length] : read.holes()) {
+  for (const auto& [offset, length] : read.holes) {
     ASSERT_LE(offset + length, expected.size());
     for (uint64_t at : {kMiB, 37 * kMiB}) {
       EXPECT_TRUE(offset + length <= at || offset >= at + 128 * kKiB)
@@ -269,6 +238,7 @@ TEST(QemuNbdMultiConnTest, FourConnectionsOnTwoRingsShareOneImage) {
   ClientOptions options;
   options.connections = 4;
   options.threads = 2;
+  CompletionTracker writes, reads;
   ASSERT_OK_AND_ASSIGN(auto client, ConnectTo(server->uri(), options));
   EXPECT_EQ(client->connections(), 4);
   EXPECT_EQ(client->threads(), 2);
@@ -277,20 +247,16 @@ TEST(QemuNbdMultiConnTest, FourConnectionsOnTwoRingsShareOneImage) {
   // any connection covers writes completed on all of them), then reads of everything.
   std::vector<uint8_t> data = RandomBytes(16 * kMiB, 15);
   const uint64_t chunk = 64 * kKiB;
-  CompletionCounter writes;
   for (uint64_t offset = 0; offset < data.size(); offset += chunk) {
-    client->Pwrite(data.data() + offset, chunk, offset,
-                   [&writes](absl::Status status) { writes.Done(status); });
+    client->Pwrite(data.data() + offset, chunk, offset, writes.Callback());
   }
   ASSERT_TRUE(writes.WaitFor(data.size() / chunk));
   EXPECT_OK(writes.first_error());
   ASSERT_OK(client->FlushSync());
 
   std::vector<uint8_t> read(data.size());
-  CompletionCounter reads;
   for (uint64_t offset = 0; offset < data.size(); offset += chunk) {
-    client->Pread(read.data() + offset, chunk, offset,
-                  [&reads](absl::Status status) { reads.Done(status); });
+    client->Pread(read.data() + offset, chunk, offset, reads.Callback());
   }
   ASSERT_TRUE(reads.WaitFor(data.size() / chunk));
   EXPECT_OK(reads.first_error());

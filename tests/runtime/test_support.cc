@@ -243,92 +243,6 @@ absl::StatusOr<std::vector<Extent>> ExtentsFor(Client& client, const std::string
          << absl::StrFormat(" (transmission flags 0x%04x)", info.transmission_flags);
 }
 
-absl::Status UnsharedCopy(const absl::Status& status) {
-  if (status.ok()) return absl::OkStatus();
-  return absl::Status(status.code(), std::string(status.message()));
-}
-
-void CompletionCounter::Done(const absl::Status& status) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  ++completed_;
-  if (!status.ok()) {
-    ++failed_;
-    if (first_error_.ok()) first_error_ = UnsharedCopy(status);
-  }
-  changed_.notify_all();
-}
-
-bool CompletionCounter::WaitFor(uint64_t count, absl::Duration timeout) {
-  std::unique_lock<std::mutex> lock(mutex_);
-  return changed_.wait_for(lock, absl::ToChronoNanoseconds(timeout),
-                           [&] { return completed_ >= count; });
-}
-
-uint64_t CompletionCounter::completed() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return completed_;
-}
-
-uint64_t CompletionCounter::failed() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return failed_;
-}
-
-absl::Status CompletionCounter::first_error() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return first_error_;
-}
-
-Client::Callback StatusWaiter::Callback() {
-  return [this](absl::Status status) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    ++calls_;
-    status_ = UnsharedCopy(status);
-    changed_.notify_all();
-  };
-}
-
-absl::Status StatusWaiter::Wait(absl::Duration timeout) {
-  std::unique_lock<std::mutex> lock(mutex_);
-  if (!changed_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [&] { return calls_ > 0; })) {
-    return absl::DeadlineExceededError(
-        absl::StrCat("callback did not run within ", absl::FormatDuration(timeout)));
-  }
-  return status_;
-}
-
-int StatusWaiter::calls() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return calls_;
-}
-
-void OperationWaiter::Attach(Operation* operation) {
-  operation->on_complete = &OperationWaiter::OnComplete;
-  operation->user_data = this;
-}
-
-void OperationWaiter::OnComplete(Operation* operation, const absl::Status& status) {
-  auto* waiter = static_cast<OperationWaiter*>(operation->user_data);
-  std::lock_guard<std::mutex> lock(waiter->mutex_);
-  ++waiter->calls_;
-  waiter->status_ = UnsharedCopy(status);
-  waiter->changed_.notify_all();
-}
-
-absl::Status OperationWaiter::Wait(absl::Duration timeout) {
-  std::unique_lock<std::mutex> lock(mutex_);
-  if (!changed_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [&] { return calls_ > 0; })) {
-    return absl::DeadlineExceededError(
-        absl::StrCat("on_complete did not run within ", absl::FormatDuration(timeout)));
-  }
-  return status_;
-}
-
-int OperationWaiter::calls() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return calls_;
-}
-
 Operation MakeOperation(Command command, uint64_t offset, uint64_t length, void* buffer,
                         uint16_t flags) {
   Operation operation;
@@ -350,13 +264,13 @@ void ExpectRefused(Client& client, Operation operation, absl::StatusCode code,
   EXPECT_EQ(validated.code(), code) << validated;
   EXPECT_THAT(std::string(validated.message()), ::testing::HasSubstr(phrase));
 
-  OperationWaiter waiter;
-  waiter.Attach(&operation);
-  client.Submit(&operation);
-  absl::Status submitted = waiter.Wait();
+  CompletionTracker tracker;
+  tracker.Submit(client, &operation);
+  ASSERT_TRUE(tracker.WaitFor(&operation)) << "on_complete did not run";
+  absl::Status submitted = tracker.status(&operation);
   EXPECT_EQ(submitted.code(), code) << submitted;
   EXPECT_THAT(std::string(submitted.message()), ::testing::HasSubstr(phrase));
-  EXPECT_EQ(waiter.calls(), 1);
+  EXPECT_TRUE(tracker.ExactlyOnce());
   EXPECT_EQ(client.stats().wire_requests, sent_before) << "a refused request was sent";
 }
 

@@ -1,7 +1,8 @@
 // tests/runtime/test_support.h — shared pieces of the runtime's interop, integrity and
 // concurrency tests: status assertions, deterministic random data, running external programs
-// (qemu-img, nbdcopy), comparing buffers, checking advertised commands, waiting for callbacks
-// with a deadline, reading extents, and a one-shot nbd-server.
+// (qemu-img, nbdcopy), comparing buffers, checking advertised commands, reading extents, and a
+// one-shot nbd-server. Completions are counted and waited for with
+// tests/testing/completion_tracker.h, which this header includes.
 //
 // Everything here fails loudly (a gtest failure or an error status naming what went wrong)
 // rather than hanging: waits have deadlines, child processes are killed with the test.
@@ -10,10 +11,8 @@
 
 #include <sys/types.h>
 
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -24,6 +23,7 @@
 #include "absl/types/span.h"
 #include "gtest/gtest.h"
 #include "nbdring/client.h"
+#include "tests/testing/completion_tracker.h"
 #include "tests/testing/server_process.h"
 
 // ASSERT_OK(expression returning absl::Status): fails the test with the status' message.
@@ -104,62 +104,6 @@ absl::StatusOr<std::vector<Extent>> ExtentsFor(Client& client, const std::string
 // zero, cache, DF and multi-conn (as nbdkit's memory plugin and qemu-nbd with --shared above
 // 1 do); otherwise the failure names each one that is missing and the transmission flags.
 ::testing::AssertionResult WritableWithEveryCommand(const ExportInfo& info);
-
-// A copy of `status` that shares no storage with it. Callbacks store this instead of the
-// status they were given: absl::Status shares its message through a reference count that
-// lives in Debian's uninstrumented libabsl, so a status read on the test thread and released
-// last on a ring thread looks like a data race to ThreadSanitizer.
-absl::Status UnsharedCopy(const absl::Status& status);
-
-// Counts completions from any thread and lets a test wait for a number of them.
-class CompletionCounter {
- public:
-  void Done(const absl::Status& status);
-  // True once `count` completions arrived; false on timeout.
-  bool WaitFor(uint64_t count, absl::Duration timeout = absl::Seconds(60));
-  uint64_t completed() const;
-  uint64_t failed() const;
-  // The first non-OK status seen, or OK.
-  absl::Status first_error() const;
-
- private:
-  mutable std::mutex mutex_;
-  std::condition_variable changed_;
-  uint64_t completed_ = 0;
-  uint64_t failed_ = 0;
-  absl::Status first_error_;
-};
-
-// A Client::Callback that records its status and can be waited for; for one request.
-class StatusWaiter {
- public:
-  Client::Callback Callback();
-  // The status, or DeadlineExceeded naming `timeout` if the callback did not run in time.
-  absl::Status Wait(absl::Duration timeout = absl::Seconds(60));
-  int calls() const;
-
- private:
-  mutable std::mutex mutex_;
-  std::condition_variable changed_;
-  int calls_ = 0;
-  absl::Status status_;
-};
-
-// Owns the completion side of a caller-owned Operation: Attach() points its on_complete and
-// user_data here; Wait() returns the status it completed with.
-class OperationWaiter {
- public:
-  void Attach(Operation* operation);
-  absl::Status Wait(absl::Duration timeout = absl::Seconds(60));
-  int calls() const;
-
- private:
-  static void OnComplete(Operation* operation, const absl::Status& status);
-  mutable std::mutex mutex_;
-  std::condition_variable changed_;
-  int calls_ = 0;
-  absl::Status status_;
-};
 
 Operation MakeOperation(Command command, uint64_t offset, uint64_t length,
                         void* buffer = nullptr, uint16_t flags = 0);

@@ -14,17 +14,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <fstream>
 #include <iterator>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -34,12 +29,17 @@
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "nbdring/client.h"
+#include "tests/testing/completion_tracker.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/watchdog.h"
 
 namespace nbdring {
 namespace {
 
 using ::nbd::testing::ServerProcess;
+using ::nbd::testing::Watchdog;
+using ::nbdring::testing::CompletionTracker;
+using ::nbdring::testing::WaitUntil;
 
 constexpr int kConnections = 4;
 constexpr uint32_t kInflightLimit = 64;
@@ -48,115 +48,24 @@ constexpr int kRequests = kConnections * kInflightLimit;  // every slot of every
 constexpr uint64_t kRequestBytes = 1024;
 constexpr absl::Duration kTestDeadline = absl::Seconds(20);
 
-// Ends the process, naming the step it was stuck in, if not disarmed within its deadline.
-class Watchdog {
- public:
-  explicit Watchdog(absl::Duration deadline)
-      : thread_([this, deadline] {
-          std::unique_lock lock(mutex_);
-          if (!changed_.wait_for(lock, absl::ToChronoNanoseconds(deadline),
-                                 [this] { return disarmed_; })) {
-            std::fprintf(stderr, "FAILED: still waiting for '%s' after %s\n", step_.c_str(),
-                         absl::FormatDuration(deadline).c_str());
-            std::fflush(stderr);
-            std::_Exit(1);
-          }
-        }) {}
-  ~Watchdog() {
-    {
-      std::lock_guard lock(mutex_);
-      disarmed_ = true;
-    }
-    changed_.notify_all();
-    thread_.join();
-  }
-  void Step(std::string step) {
-    std::lock_guard lock(mutex_);
-    step_ = std::move(step);
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  bool disarmed_ = false;
-  std::string step_ = "set-up";
-  std::thread thread_;
+// A caller-owned request with its own buffer; a CompletionTracker counts its completions.
+struct TrackedRequest : Operation {
+  std::vector<uint8_t> data = std::vector<uint8_t>(kRequestBytes, 0x5a);
 };
 
-class Tracker;
-
-// A caller-owned request that records every completion it gets.
-struct TrackedRequest {
-  Operation operation;
-  std::vector<uint8_t> buffer = std::vector<uint8_t>(kRequestBytes, 0x5a);
-  std::atomic<int> calls{0};
-  absl::Status status;  // written before the tracker hears of the completion
-  Tracker* tracker = nullptr;
-};
-
-class Tracker {
- public:
-  // `count` requests, reads and writes alternately, each at its own offset.
-  explicit Tracker(int count) {
-    for (int i = 0; i < count; ++i) {
-      auto request = std::make_unique<TrackedRequest>();
-      request->operation.command = i % 2 == 0 ? Command::kRead : Command::kWrite;
-      request->operation.offset = static_cast<uint64_t>(i) * kRequestBytes;
-      request->operation.length = kRequestBytes;
-      request->operation.buffer = request->buffer.data();
-      request->operation.user_data = request.get();
-      request->operation.on_complete = &Tracker::OnComplete;
-      request->tracker = this;
-      requests_.push_back(std::move(request));
-    }
+// `count` requests, reads and writes alternately, each at its own offset.
+std::vector<std::unique_ptr<TrackedRequest>> MakeRequests(int count) {
+  std::vector<std::unique_ptr<TrackedRequest>> requests;
+  for (int i = 0; i < count; ++i) {
+    auto request = std::make_unique<TrackedRequest>();
+    request->command = i % 2 == 0 ? Command::kRead : Command::kWrite;
+    request->offset = static_cast<uint64_t>(i) * kRequestBytes;
+    request->length = kRequestBytes;
+    request->buffer = request->data.data();
+    requests.push_back(std::move(request));
   }
-  void SubmitAll(Client& client) {
-    for (const std::unique_ptr<TrackedRequest>& request : requests_) {
-      client.Submit(&request->operation);
-    }
-  }
-  // One at a time, each on the wire before the next: every request reaches a free slot
-  // whatever the client's choice of connection for a burst.
-  bool SubmitEachUntilSent(Client& client, absl::Duration timeout) {
-    const absl::Time deadline = absl::Now() + timeout;
-    const uint64_t sent_before = client.stats().wire_requests;
-    for (size_t i = 0; i < requests_.size(); ++i) {
-      client.Submit(&requests_[i]->operation);
-      while (client.stats().wire_requests < sent_before + i + 1) {
-        if (absl::Now() > deadline) return false;
-        std::this_thread::yield();
-      }
-    }
-    return true;
-  }
-  // True once `count` completions arrived by `deadline`.
-  bool WaitFor(size_t count, absl::Time deadline) {
-    std::unique_lock lock(mutex_);
-    return changed_.wait_for(lock, absl::ToChronoNanoseconds(deadline - absl::Now()),
-                             [&] { return completed_ >= count; });
-  }
-  size_t completed() {
-    std::lock_guard lock(mutex_);
-    return completed_;
-  }
-  const std::vector<std::unique_ptr<TrackedRequest>>& requests() const { return requests_; }
-
- private:
-  static void OnComplete(Operation* operation, const absl::Status& status) {
-    auto* request = static_cast<TrackedRequest*>(operation->user_data);
-    request->status = status;
-    request->calls.fetch_add(1, std::memory_order_acq_rel);
-    Tracker& tracker = *request->tracker;
-    std::lock_guard lock(tracker.mutex_);
-    ++tracker.completed_;
-    tracker.changed_.notify_all();
-  }
-
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  size_t completed_ = 0;
-  std::vector<std::unique_ptr<TrackedRequest>> requests_;
-};
+  return requests;
+}
 
 // The end of what the server printed, to explain a failure.
 std::string ServerLogTail(ServerProcess& server) {
@@ -183,34 +92,37 @@ absl::StatusOr<std::unique_ptr<Client>> ConnectFourWays(const ServerProcess& ser
 uint64_t WaitUntilSent(const Client& client, uint64_t count, absl::Duration settle) {
   uint64_t sent = client.stats().wire_requests;
   absl::Time last_change = absl::Now();
-  while (sent < count && absl::Now() - last_change < settle) {
-    absl::SleepFor(absl::Milliseconds(1));
-    const uint64_t now_sent = client.stats().wire_requests;
-    if (now_sent != sent) {
-      sent = now_sent;
-      last_change = absl::Now();
-    }
-  }
+  WaitUntil(
+      [&] {
+        const uint64_t now_sent = client.stats().wire_requests;
+        if (now_sent != sent) {
+          sent = now_sent;
+          last_change = absl::Now();
+        }
+        return sent >= count || absl::Now() - last_change >= settle;
+      },
+      kTestDeadline, absl::Milliseconds(1));
   return sent;
 }
 
 // Every request completed exactly once with `code`; the messages contain `phrase`.
-void ExpectEachCompletedOnceWith(const Tracker& tracker, absl::StatusCode code,
-                                 const std::string& phrase) {
+void ExpectEachCompletedOnceWith(const CompletionTracker& tracker,
+                                 const std::vector<std::unique_ptr<TrackedRequest>>& requests,
+                                 absl::StatusCode code, const std::string& phrase) {
   int wrong = 0;
-  for (const std::unique_ptr<TrackedRequest>& request : tracker.requests()) {
-    const int calls = request->calls.load();
-    if (calls != 1 || request->status.code() != code ||
-        !absl::StrContains(request->status.message(), phrase)) {
+  for (const std::unique_ptr<TrackedRequest>& request : requests) {
+    const int calls = tracker.completions(request.get());
+    const absl::Status status = tracker.status(request.get());
+    if (calls != 1 || status.code() != code || !absl::StrContains(status.message(), phrase)) {
       if (++wrong <= 5) {
-        ADD_FAILURE() << nbd::CommandName(request->operation.command) << " at offset "
-                      << request->operation.offset << ": " << calls << " completion(s), last "
-                      << request->status << "; expected one with code "
-                      << absl::StatusCodeToString(code) << " mentioning '" << phrase << "'";
+        ADD_FAILURE() << nbd::CommandName(request->command) << " at offset " << request->offset
+                      << ": " << calls << " completion(s), last " << status
+                      << "; expected one with code " << absl::StatusCodeToString(code)
+                      << " mentioning '" << phrase << "'";
       }
     }
   }
-  EXPECT_EQ(wrong, 0) << "of " << tracker.requests().size() << " requests";
+  EXPECT_EQ(wrong, 0) << "of " << requests.size() << " requests";
 }
 
 // A new request must fail with UnavailableError, quickly, once the connections are gone.
@@ -225,8 +137,8 @@ void ExpectNewRequestsFailFast(Client& client) {
   EXPECT_LT(elapsed, absl::Seconds(1)) << "failing two requests took " << elapsed;
 }
 
-// Each test starts its own nbdkit and a client connected to it four ways, and sends the
-// tracker's kRequests requests; the watchdog outlives them all.
+// Each test starts its own nbdkit and a client connected to it four ways, and sends kRequests
+// requests counted by the tracker; the watchdog outlives them all.
 class ServerDeathTest : public ::testing::Test {
  protected:
   // Starts nbdkit with `nbdkit_arguments` and connects a client to it, which must get all
@@ -248,21 +160,43 @@ class ServerDeathTest : public ::testing::Test {
     watchdog_.Step("callbacks after SIGKILL");
     const absl::Time killed_at = absl::Now();
     server_->Kill(SIGKILL);
-    ASSERT_TRUE(tracker_.WaitFor(kRequests, killed_at + absl::Seconds(10)))
+    ASSERT_TRUE(tracker_.WaitFor(kRequests, killed_at + absl::Seconds(10) - absl::Now()))
         << tracker_.completed() << " of " << kRequests << " callbacks ran within 10 s of SIGKILL";
+  }
+
+  void SubmitAll() {
+    for (const std::unique_ptr<TrackedRequest>& request : requests_) {
+      tracker_.Submit(*client_, request.get());
+    }
+  }
+
+  // One at a time, each on the wire before the next: every request reaches a free slot
+  // whatever the client's choice of connection for a burst.
+  bool SubmitEachUntilSent(absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    const uint64_t sent_before = client_->stats().wire_requests;
+    for (size_t i = 0; i < requests_.size(); ++i) {
+      tracker_.Submit(*client_, requests_[i].get());
+      // Polled finely: the first requests' 2 s server delay runs while the rest go out.
+      if (!WaitUntil([&] { return client_->stats().wire_requests >= sent_before + i + 1; },
+                     deadline - absl::Now(), absl::Microseconds(20))) {
+        return false;
+      }
+    }
+    return true;
   }
 
   // The in-flight requests of a server that stops answering end with DeadlineExceeded after
   // request_timeout, and new requests fail fast afterwards.
   void ExpectTimeoutOfEveryInFlightRequest(absl::Time submitted_at) {
     watchdog_.Step("in-flight requests timing out");
-    ASSERT_TRUE(tracker_.WaitFor(kRequests, submitted_at + absl::Seconds(10)))
+    ASSERT_TRUE(tracker_.WaitFor(kRequests, submitted_at + absl::Seconds(10) - absl::Now()))
         << tracker_.completed() << " of " << kRequests
         << " callbacks ran within 10 s with request_timeout 1 s";
     const absl::Duration elapsed = absl::Now() - submitted_at;
     EXPECT_GE(elapsed, absl::Milliseconds(950)) << "requests timed out before request_timeout";
     EXPECT_LT(elapsed, absl::Seconds(4)) << "timing out took " << elapsed;
-    ExpectEachCompletedOnceWith(tracker_, absl::StatusCode::kDeadlineExceeded,
+    ExpectEachCompletedOnceWith(tracker_, requests_, absl::StatusCode::kDeadlineExceeded,
                                 "got no reply within 1000 ms");
     // A connection that had nothing in flight has not timed out and still takes requests; on
     // the silent server they time out in turn. So a new request fails either at once
@@ -283,10 +217,12 @@ class ServerDeathTest : public ::testing::Test {
     client_.reset();
   }
 
-  Watchdog watchdog_{kTestDeadline};
+  Watchdog watchdog_{::testing::UnitTest::GetInstance()->current_test_info()->name(),
+                     kTestDeadline};
   std::unique_ptr<ServerProcess> server_;
   // Declared before the client, which completes whatever is still in flight when destroyed.
-  Tracker tracker_{kRequests};
+  std::vector<std::unique_ptr<TrackedRequest>> requests_ = MakeRequests(kRequests);
+  CompletionTracker tracker_;
   std::unique_ptr<Client> client_;
 };
 
@@ -295,7 +231,7 @@ TEST_F(ServerDeathTest, SigkillWithEverySlotInFlightCompletesEachRequestOnceAsUn
   ASSERT_NO_FATAL_FAILURE(StartAndConnect(
       {"--filter=delay", "memory", "64M", "rdelay=2", "wdelay=2"}, absl::ZeroDuration()));
   watchdog_.Step("sending 256 requests");
-  ASSERT_TRUE(tracker_.SubmitEachUntilSent(*client_, absl::Seconds(5)))
+  ASSERT_TRUE(SubmitEachUntilSent(absl::Seconds(5)))
       << "only " << client_->stats().wire_requests << " of " << kRequests << " requests sent";
   ASSERT_EQ(tracker_.completed(), 0u) << "a request completed before the server was killed";
 
@@ -303,7 +239,8 @@ TEST_F(ServerDeathTest, SigkillWithEverySlotInFlightCompletesEachRequestOnceAsUn
   ASSERT_NO_FATAL_FAILURE(KillAndWaitForEveryCallback());
   const absl::Duration to_fail_all = absl::Now() - killed_at;
   EXPECT_LT(to_fail_all, absl::Seconds(2)) << "failing the in-flight requests took " << to_fail_all;
-  ExpectEachCompletedOnceWith(tracker_, absl::StatusCode::kUnavailable, server_->socket_path());
+  ExpectEachCompletedOnceWith(tracker_, requests_, absl::StatusCode::kUnavailable,
+                              server_->socket_path());
   const ClientStats stats = client_->stats();
   EXPECT_EQ(stats.requests, static_cast<uint64_t>(kRequests));
   EXPECT_EQ(stats.errors, static_cast<uint64_t>(kRequests));
@@ -313,9 +250,7 @@ TEST_F(ServerDeathTest, SigkillWithEverySlotInFlightCompletesEachRequestOnceAsUn
 
   CloseAndDestroyClient();
   // No callback ran again during Close.
-  for (const std::unique_ptr<TrackedRequest>& request : tracker_.requests()) {
-    ASSERT_EQ(request->calls.load(), 1);
-  }
+  ASSERT_TRUE(tracker_.ExactlyOnce());
   watchdog_.Step("reaping the server");
   EXPECT_TRUE(server_->Wait().ok());
 }
@@ -326,7 +261,7 @@ TEST_F(ServerDeathTest, BurstOfRequestsGoesOutOnEveryConnection) {
   ASSERT_NO_FATAL_FAILURE(StartAndConnect(
       {"--filter=delay", "memory", "64M", "rdelay=2", "wdelay=2"}, absl::ZeroDuration()));
   watchdog_.Step("sending a burst of 256 requests");
-  tracker_.SubmitAll(*client_);
+  SubmitAll();
   EXPECT_EQ(WaitUntilSent(*client_, kRequests, absl::Milliseconds(300)),
             static_cast<uint64_t>(kRequests))
       << "requests waited for a slot while other connections had free ones";
@@ -334,7 +269,8 @@ TEST_F(ServerDeathTest, BurstOfRequestsGoesOutOnEveryConnection) {
 
   // Whatever was sent or still queued fails once the server is gone.
   ASSERT_NO_FATAL_FAILURE(KillAndWaitForEveryCallback());
-  ExpectEachCompletedOnceWith(tracker_, absl::StatusCode::kUnavailable, server_->socket_path());
+  ExpectEachCompletedOnceWith(tracker_, requests_, absl::StatusCode::kUnavailable,
+                              server_->socket_path());
   CloseAndDestroyClient();
   EXPECT_TRUE(server_->Wait().ok());
 }
@@ -350,7 +286,7 @@ TEST_F(ServerDeathTest, StoppedServerTimesOutEveryInFlightRequest) {
   ASSERT_EQ(waitpid(server_->pid(), &wait_status, WUNTRACED), server_->pid());
   ASSERT_TRUE(WIFSTOPPED(wait_status));
   const absl::Time submitted_at = absl::Now();
-  tracker_.SubmitAll(*client_);
+  SubmitAll();
   ExpectTimeoutOfEveryInFlightRequest(submitted_at);
 
   CloseAndDestroyClient();
@@ -370,7 +306,7 @@ TEST_F(ServerDeathTest, ServerSleepingInDelayFilterTimesOutEveryInFlightRequest)
       absl::Seconds(1)));
 
   const absl::Time submitted_at = absl::Now();
-  tracker_.SubmitAll(*client_);
+  SubmitAll();
   ExpectTimeoutOfEveryInFlightRequest(submitted_at);
   if (HasFailure()) std::fprintf(stderr, "server log:\n%s\n", ServerLogTail(*server_).c_str());
 

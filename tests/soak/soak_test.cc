@@ -43,6 +43,7 @@
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "nbdring/client.h"
+#include "tests/testing/completion_tracker.h"
 #include "tests/testing/server_process.h"
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
@@ -57,6 +58,7 @@ namespace nbdring {
 namespace {
 
 using ::nbd::testing::ServerProcess;
+using ::nbdring::testing::CompletionTracker;
 
 constexpr uint64_t kKiB = 1024;
 constexpr uint64_t kMiB = 1024 * kKiB;
@@ -123,11 +125,10 @@ class Soak;
 
 // One reusable in-flight slot of a submitter: a caller-owned Operation plus what the test
 // needs to judge its completion.
-struct SoakRequest {
-  Operation operation;
-  // Set before Submit, cleared by the first completion: a second completion finds it clear.
+struct SoakRequest : Operation {
+  // Set before Submit, cleared by the first completion: a second completion (which the
+  // tracker reports) finds it clear and must not free the slot again.
   std::atomic<bool> in_flight{false};
-  Soak* soak = nullptr;
   Submitter* owner = nullptr;
   int slot = 0;
   Kind kind = Kind::kFlush;
@@ -137,7 +138,7 @@ struct SoakRequest {
   // Reads: the generation of each touched block when the read was issued (kUnknownGeneration
   // for blocks the model cannot vouch for). No write can change them while the read is out.
   std::array<uint32_t, kMaxBlocksPerRequest> expected{};
-  std::unique_ptr<uint8_t[]> buffer = std::make_unique<uint8_t[]>(kMaxRequestBytes);
+  std::unique_ptr<uint8_t[]> data = std::make_unique<uint8_t[]>(kMaxRequestBytes);
   uint64_t extent_bytes = 0;  // block status: bytes described by the extents received
 };
 
@@ -168,12 +169,9 @@ class Soak {
     std::mt19937_64 random(seed);
     for (int slot = 0; slot < kWindowPerSubmitter; ++slot) {
       auto request = std::make_unique<SoakRequest>();
-      request->soak = this;
       request->owner = submitter;
       request->slot = slot;
-      request->operation.user_data = request.get();
-      request->operation.on_complete = &Soak::OnComplete;
-      request->operation.on_extents = &Soak::OnExtents;
+      request->on_extents = &Soak::OnExtents;
       submitter->requests.push_back(std::move(request));
       submitter->free_slots.push_back(slot);
     }
@@ -196,13 +194,13 @@ class Soak {
       if (request.kind == Kind::kWrite || request.kind == Kind::kRepairWrite) {
         for (uint32_t i = 0; i < request.block_count; ++i) {
           FillBlock(request.first_block + i, request.generation,
-                    request.buffer.get() + i * kBlockSize);
+                    request.data.get() + i * kBlockSize);
         }
       }
       request.in_flight.store(true, std::memory_order_release);
       ++submitter->submitted;
       submitted_by_kind_[static_cast<int>(request.kind)].fetch_add(1, std::memory_order_relaxed);
-      client_->Submit(&request.operation);
+      tracker_.Submit(*client_, &request);
     }
     std::unique_lock lock(submitter->mutex);
     submitter->slot_freed.wait_for(lock, absl::ToChronoSeconds(drain_timeout), [&] {
@@ -259,11 +257,9 @@ class Soak {
     EXPECT_EQ(mismatched_blocks, 0u);
   }
 
-  uint64_t completions() const { return completions_.load(); }
-  uint64_t duplicates() const { return duplicates_.load(); }
+  const CompletionTracker& tracker() const { return tracker_; }
   uint64_t corrupted_reads() const { return corrupted_reads_.load(); }
   uint64_t verified_bytes() const { return verified_bytes_.load(); }
-  uint64_t failures() const { return failures_.load(); }
   uint64_t unexpected_failures() const { return unexpected_failures_.load(); }
   uint64_t bad_extents() const { return bad_extents_.load(); }
   uint64_t final_repairs() const { return final_repairs_; }
@@ -283,7 +279,7 @@ class Soak {
  private:
   // Chooses what `request` does next and reserves its blocks in the model.
   void Plan(SoakRequest& request, std::mt19937_64& random) {
-    Operation& operation = request.operation;
+    Operation& operation = request;
     operation.flags = 0;
     operation.buffer = nullptr;
     request.extent_bytes = 0;
@@ -325,7 +321,7 @@ class Soak {
       switch (kind) {
         case Kind::kRead:
           operation.command = Command::kRead;
-          operation.buffer = request.buffer.get();
+          operation.buffer = request.data.get();
           for (uint32_t i = 0; i < count; ++i) {
             Block& block = blocks_[first + i];
             ++block.readers;
@@ -339,7 +335,7 @@ class Soak {
           operation.command = kind == Kind::kWrite  ? Command::kWrite
                               : kind == Kind::kTrim ? Command::kTrim
                                                     : Command::kWriteZeroes;
-          if (kind == Kind::kWrite) operation.buffer = request.buffer.get();
+          if (kind == Kind::kWrite) operation.buffer = request.data.get();
           request.generation = kind == Kind::kWrite ? next_generation_++ : 0;
           for (uint32_t i = 0; i < count; ++i) blocks_[first + i].being_written = true;
           break;
@@ -368,10 +364,10 @@ class Soak {
       request.first_block = block;
       request.block_count = 1;
       request.generation = next_generation_++;
-      request.operation.command = Command::kWrite;
-      request.operation.offset = block * kBlockSize;
-      request.operation.length = kBlockSize;
-      request.operation.buffer = request.buffer.get();
+      request.command = Command::kWrite;
+      request.offset = block * kBlockSize;
+      request.length = kBlockSize;
+      request.buffer = request.data.get();
       return true;
     }
     return false;
@@ -380,9 +376,9 @@ class Soak {
   void PlanFlush(SoakRequest& request) {
     request.kind = Kind::kFlush;
     request.block_count = 0;
-    request.operation.command = Command::kFlush;
-    request.operation.offset = 0;
-    request.operation.length = 0;
+    request.command = Command::kFlush;
+    request.offset = 0;
+    request.length = 0;
   }
 
   // Holding model_mutex_: whether blocks [first, first + count) can take a read (no write in
@@ -395,39 +391,36 @@ class Soak {
   }
 
   static void OnExtents(Operation* operation, uint32_t, absl::Span<const Extent> extents) {
-    auto* request = static_cast<SoakRequest*>(operation->user_data);
+    auto* request = static_cast<SoakRequest*>(operation);
     for (const Extent& extent : extents) request->extent_bytes += extent.length;
   }
 
-  static void OnComplete(Operation* operation, const absl::Status& status) {
-    auto* request = static_cast<SoakRequest*>(operation->user_data);
-    Soak& soak = *request->soak;
+  // The tracker's hook: runs after the tracker counted the completion.
+  void OnComplete(Operation* operation, const absl::Status& status) {
+    auto* request = static_cast<SoakRequest*>(operation);
     if (!request->in_flight.exchange(false, std::memory_order_acq_rel)) {
-      soak.duplicates_.fetch_add(1, std::memory_order_relaxed);
-      soak.NoteProblem(absl::StrCat("second completion of a ",
-                                    kKindNames[static_cast<int>(request->kind)], " at offset ",
-                                    operation->offset, " with ", status.ToString()));
+      NoteProblem(absl::StrCat("second completion of a ",
+                               kKindNames[static_cast<int>(request->kind)], " at offset ",
+                               operation->offset, " with ", status.ToString()));
       return;
     }
-    soak.completions_.fetch_add(1, std::memory_order_relaxed);
     if (!status.ok()) {
-      soak.failures_.fetch_add(1, std::memory_order_relaxed);
-      soak.failed_by_kind_[static_cast<int>(request->kind)].fetch_add(1, std::memory_order_relaxed);
+      failed_by_kind_[static_cast<int>(request->kind)].fetch_add(1, std::memory_order_relaxed);
       if (!IsInjected(status)) {
-        soak.unexpected_failures_.fetch_add(1, std::memory_order_relaxed);
-        soak.NoteProblem(absl::StrCat("unexpected failure of a ",
-                                      kKindNames[static_cast<int>(request->kind)], ": ",
-                                      status.ToString()));
+        unexpected_failures_.fetch_add(1, std::memory_order_relaxed);
+        NoteProblem(absl::StrCat("unexpected failure of a ",
+                                 kKindNames[static_cast<int>(request->kind)], ": ",
+                                 status.ToString()));
       }
     } else if (request->kind == Kind::kRead) {
-      soak.CheckRead(*request);
+      CheckRead(*request);
     } else if (request->kind == Kind::kBlockStatus && request->extent_bytes == 0) {
       // The server must describe at least a prefix of the range it was asked about.
-      soak.bad_extents_.fetch_add(1, std::memory_order_relaxed);
-      soak.NoteProblem(absl::StrCat("block status at offset ", operation->offset, " length ",
-                                    operation->length, " succeeded without extents"));
+      bad_extents_.fetch_add(1, std::memory_order_relaxed);
+      NoteProblem(absl::StrCat("block status at offset ", operation->offset, " length ",
+                               operation->length, " succeeded without extents"));
     }
-    soak.Settle(*request, status.ok());
+    Settle(*request, status.ok());
     Submitter& owner = *request->owner;
     const int slot = request->slot;
     // Last: once the slot is free the submitter may reuse `request`.
@@ -437,7 +430,7 @@ class Soak {
   }
 
   void CheckRead(const SoakRequest& request) {
-    const Operation& operation = request.operation;
+    const Operation& operation = request;
     std::array<uint8_t, kBlockSize> expected;
     for (uint32_t i = 0; i < request.block_count; ++i) {
       if (request.expected[i] == kUnknownGeneration) continue;
@@ -447,7 +440,7 @@ class Soak {
       const uint64_t end = std::min(block_start + kBlockSize, operation.offset + operation.length);
       FillBlock(block, request.expected[i], expected.data());
       const uint8_t* want = expected.data() + (begin - block_start);
-      const uint8_t* got = request.buffer.get() + (begin - operation.offset);
+      const uint8_t* got = request.data.get() + (begin - operation.offset);
       if (std::memcmp(want, got, end - begin) != 0) {
         corrupted_reads_.fetch_add(1, std::memory_order_relaxed);
         uint64_t at = 0;
@@ -508,11 +501,10 @@ class Soak {
   std::deque<uint32_t> repair_queue_;
   uint32_t next_generation_ = 1;
 
-  std::atomic<uint64_t> completions_{0};
-  std::atomic<uint64_t> duplicates_{0};
+  CompletionTracker tracker_{
+      [this](Operation* operation, const absl::Status& status) { OnComplete(operation, status); }};
   std::atomic<uint64_t> corrupted_reads_{0};
   std::atomic<uint64_t> verified_bytes_{0};
-  std::atomic<uint64_t> failures_{0};
   std::atomic<uint64_t> unexpected_failures_{0};
   std::atomic<uint64_t> bad_extents_{0};
   std::array<std::atomic<uint64_t>, kKinds> submitted_by_kind_{};
@@ -561,7 +553,7 @@ TEST(SoakTest, MillionMixedRequestsWithInjectedErrorsLoseNothingAndCorruptNothin
       "soak: %llu requests in %s (%.0f/s), %llu failed (injected), %llu MiB verified by reads\n",
       static_cast<unsigned long long>(submitted), absl::FormatDuration(soak_time).c_str(),
       static_cast<double>(submitted) / absl::ToDoubleSeconds(soak_time),
-      static_cast<unsigned long long>(soak.failures()),
+      static_cast<unsigned long long>(soak.tracker().failed()),
       static_cast<unsigned long long>(soak.verified_bytes() / kMiB));
   for (int kind = 0; kind < kKinds; ++kind) {
     std::printf("  %-13s %8llu issued %6llu failed\n", kKindNames[kind],
@@ -576,20 +568,22 @@ TEST(SoakTest, MillionMixedRequestsWithInjectedErrorsLoseNothingAndCorruptNothin
   std::fflush(stdout);
 
   EXPECT_EQ(submitted, total);
-  EXPECT_EQ(soak.completions(), submitted) << "lost requests: " << submitted - soak.completions();
-  EXPECT_EQ(soak.duplicates(), 0u) << soak.first_problem();
+  EXPECT_EQ(soak.tracker().submitted(), submitted);
+  EXPECT_EQ(soak.tracker().completed(), submitted)
+      << "lost requests: " << submitted - soak.tracker().completed();
+  EXPECT_TRUE(soak.tracker().ExactlyOnce()) << soak.first_problem();
   EXPECT_EQ(soak.corrupted_reads(), 0u) << soak.first_problem();
   EXPECT_EQ(soak.unexpected_failures(), 0u) << soak.first_problem();
   EXPECT_EQ(soak.bad_extents(), 0u) << soak.first_problem();
   // The injection worked, on both reads and writes.
-  EXPECT_GT(soak.failures(), 0u);
+  EXPECT_GT(soak.tracker().failed(), 0u);
   EXPECT_GT(soak.failed(Kind::kRead), 0u);
   EXPECT_GT(soak.failed(Kind::kWrite), 0u);
   // The client's own books agree with ours.
   EXPECT_EQ(stats.requests, submitted);
-  EXPECT_EQ(stats.errors, soak.failures());
+  EXPECT_EQ(stats.errors, soak.tracker().failed());
   EXPECT_GT(soak.verified_bytes(), 0u);
-  if (soak.completions() != submitted) return;  // the model is not settled: stop here
+  if (soak.tracker().completed() != submitted) return;  // the model is not settled: stop here
 
   soak.RepairUnknownBlocks();
   soak.VerifyWholeExport();

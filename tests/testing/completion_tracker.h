@@ -11,8 +11,18 @@
 // The tracker owns the completion side: Track() points on_complete and user_data at it (put
 // per-request data in a struct derived from Operation). An optional hook runs on the ring
 // thread after each completion is recorded, e.g. to resubmit from inside the callback.
-// Statuses are stored as unshared copies: absl::Status shares its message through a reference
-// count inside Debian's uninstrumented Abseil, which ThreadSanitizer would report.
+//
+// The callback API (Client::Pread, ...) has no caller-owned Operation; Callback() counts one
+// submission and returns the callback to pass, which is recorded like on_complete:
+//
+//   Operation read_key = ...;                     // any Operation of the test's, never submitted
+//   client->Pread(buffer, 4096, 0, tracker.Callback(&read_key));
+//   ASSERT_TRUE(tracker.WaitFor(&read_key, absl::Seconds(10)));
+//   client->Pwrite(data, 4096, 0, tracker.Callback());   // no key: counted with the others
+//
+// Requests given no key are counted together under nullptr (ExactlyOnce() compares their
+// totals). The hook does not run for callback completions.
+// Statuses are stored as unshared copies (UnsharedCopy below).
 // Synchronisation is std:: only (see shared notes: TSan cannot see inside absl::Mutex).
 #ifndef NBDRING_TESTS_TESTING_COMPLETION_TRACKER_H_
 #define NBDRING_TESTS_TESTING_COMPLETION_TRACKER_H_
@@ -46,11 +56,16 @@ class CompletionTracker {
   void Submitted(const Operation* operation);
   // Track + Submitted + client.Submit(operation); returns what Submit returned.
   uint64_t Submit(Client& client, Operation* operation);
+  // Counts one submission under `key` and returns a Client::Callback recording its completion.
+  // `key` only names the request (fill in command, offset and length for failure messages).
+  Client::Callback Callback(const Operation* key = nullptr);
 
   // True once completions reached `count` in total; false when `timeout` passed first.
   bool WaitFor(uint64_t count, absl::Duration timeout = absl::Seconds(60));
   // True once every counted submission has completed at least once.
   bool WaitForAll(absl::Duration timeout = absl::Seconds(60));
+  // True once `operation` (or Callback key) has completed at least once.
+  bool WaitFor(const Operation* operation, absl::Duration timeout = absl::Seconds(60));
   // Every operation completed exactly as often as it was submitted, and nothing completed
   // that was never counted as submitted; the failure names the first operation that did not.
   ::testing::AssertionResult ExactlyOnce() const;
@@ -71,6 +86,7 @@ class CompletionTracker {
     absl::Status status;
   };
   static void OnComplete(Operation* operation, const absl::Status& status);
+  void Count(const Operation* key, const absl::Status& status);
 
   Hook hook_;
   mutable std::mutex mutex_;
@@ -81,6 +97,12 @@ class CompletionTracker {
   uint64_t failed_ = 0;
   absl::Status first_error_;
 };
+
+// A copy of `status` that shares no storage with it. Callbacks store this instead of the
+// status they were given: absl::Status shares its message through a reference count that
+// lives in Debian's uninstrumented libabsl, so a status read on the test thread and released
+// last on a ring thread looks like a data race to ThreadSanitizer.
+absl::Status UnsharedCopy(const absl::Status& status);
 
 // Waits until `done()` holds, checking whenever `notify` (a condition the caller signals) or
 // every `poll` elapses; false when `timeout` passed first. For tests waiting on things that

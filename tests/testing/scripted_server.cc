@@ -8,8 +8,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <utility>
 
@@ -414,8 +412,19 @@ absl::StatusOr<const RecordedRequest*> ScriptedConnection::request(size_t index)
 // --- ScriptedServer ----------------------------------------------------------------------------
 
 ScriptedServer::ScriptedServer(std::vector<Action> script, ScriptedServerOptions options)
-    : script_(std::move(script)), options_(options) {
-  absl::Status status = Setup();
+    : ScriptedServer(
+          1, [&script](int) { return std::move(script); }, options) {}
+
+ScriptedServer::ScriptedServer(
+    int connections, const std::function<std::vector<Action>(int connection_index)>& script_for,
+    ScriptedServerOptions options)
+    : options_(options) {
+  for (int i = 0; i < connections; ++i) scripts_.push_back(script_for(i));
+  recorded_.resize(scripts_.size());
+  absl::Status status = connections > 0
+                            ? Setup()
+                            : absl::InvalidArgumentError(
+                                  absl::StrCat("a server for ", connections, " connections"));
   if (!status.ok()) {
     std::lock_guard<std::mutex> lock(mutex_);
     finished_ = true;
@@ -458,7 +467,7 @@ absl::Status ScriptedServer::Setup() {
   if (bind(listen_fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
     return ErrnoError(absl::StrCat("bind ", socket_path_));
   }
-  if (listen(listen_fd_, 4) != 0) return ErrnoError("listen");
+  if (listen(listen_fd_, static_cast<int>(scripts_.size()) + 4) != 0) return ErrnoError("listen");
   return absl::OkStatus();
 }
 
@@ -467,17 +476,36 @@ std::string ScriptedServer::uri() const {
 }
 
 void ScriptedServer::Run() {
-  absl::Status result = AcceptAndRunScript();
+  std::vector<std::thread> scripts;
+  absl::Time deadline = absl::Now() + options_.io_timeout;
+  for (int i = 0; i < static_cast<int>(scripts_.size()); ++i) {
+    absl::StatusOr<int> fd = Accept(deadline);
+    if (!fd.ok()) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      NoteFailureLocked(i, fd.status());
+      break;
+    }
+    deadline = absl::Now() + options_.io_timeout;
+    if (i + 1 == static_cast<int>(scripts_.size())) {
+      // Every script has its connection: later connection attempts are refused, not left
+      // waiting. Closed before the last script starts, so no client can see it still open.
+      close(listen_fd_);
+      listen_fd_ = -1;
+    }
+    scripts.emplace_back([this, i, fd = *fd] { RunScript(i, fd); });
+  }
+  if (listen_fd_ >= 0) {
+    close(listen_fd_);
+    listen_fd_ = -1;
+  }
+  for (std::thread& script : scripts) script.join();
   std::lock_guard<std::mutex> lock(mutex_);
-  result_ = std::move(result);
   finished_ = true;
   finished_changed_.notify_all();
 }
 
-absl::Status ScriptedServer::AcceptAndRunScript() {
-  absl::Time deadline = absl::Now() + options_.io_timeout;
-  int fd = -1;
-  while (fd < 0) {
+absl::StatusOr<int> ScriptedServer::Accept(absl::Time deadline) {
+  while (true) {
     if (stopping_.load()) return absl::CancelledError("server stopped before a client connected");
     absl::Duration left = deadline - absl::Now();
     if (left <= absl::ZeroDuration()) {
@@ -486,27 +514,35 @@ absl::Status ScriptedServer::AcceptAndRunScript() {
     }
     pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {stop_pipe_[0], POLLIN, 0}};
     poll(fds, 2, static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1, 1000)));
-    fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (fd < 0 && errno != EAGAIN && errno != EINTR) return ErrnoError("accept4");
+    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd >= 0) return fd;
+    if (errno != EAGAIN && errno != EINTR) return ErrnoError("accept4");
   }
-  // One connection per script: a second connection attempt is refused instead of left waiting.
-  close(listen_fd_);
-  listen_fd_ = -1;
+}
 
+void ScriptedServer::RunScript(int connection_index, int fd) {
+  const std::vector<Action>& script = scripts_[connection_index];
   ScriptedConnection connection(fd, stop_pipe_[0], &stopping_, options_);
   absl::Status result;
-  for (size_t i = 0; i < script_.size(); ++i) {
-    absl::Status status = script_[i].run(connection);
+  for (size_t i = 0; i < script.size(); ++i) {
+    absl::Status status = script[i].run(connection);
     if (!status.ok()) {
-      result = absl::Status(status.code(), absl::StrCat("action ", i, " ", script_[i].description,
+      result = absl::Status(status.code(), absl::StrCat("action ", i, " ", script[i].description,
                                                         ": ", status.message()));
       break;
     }
   }
   std::lock_guard<std::mutex> lock(mutex_);
-  recorded_requests_ = connection.requests();
-  recorded_options_ = connection.options();
-  return result;
+  recorded_[connection_index] = {connection.requests(), connection.options()};
+  if (!result.ok()) NoteFailureLocked(connection_index, result);
+}
+
+void ScriptedServer::NoteFailureLocked(int connection_index, const absl::Status& status) {
+  if (!result_.ok()) return;
+  result_ = scripts_.size() == 1
+                ? status
+                : absl::Status(status.code(), absl::StrCat("connection ", connection_index, ": ",
+                                                           status.message()));
 }
 
 absl::Status ScriptedServer::Wait(absl::Duration timeout) {
@@ -520,37 +556,16 @@ absl::Status ScriptedServer::Wait(absl::Duration timeout) {
   return result_;
 }
 
-std::vector<RecordedRequest> ScriptedServer::requests() const {
+std::vector<RecordedRequest> ScriptedServer::requests(int connection_index) const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return recorded_requests_;
+  if (connection_index < 0 || connection_index >= static_cast<int>(recorded_.size())) return {};
+  return recorded_[connection_index].requests;
 }
 
-std::vector<RecordedOption> ScriptedServer::options() const {
+std::vector<RecordedOption> ScriptedServer::options(int connection_index) const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return recorded_options_;
-}
-
-// --- Watchdog ------------------------------------------------------------------------------------
-
-Watchdog::Watchdog(std::string what, absl::Duration limit) {
-  thread_ = std::thread([this, what = std::move(what), limit] {
-    std::unique_lock<std::mutex> lock(mutex_);
-    if (!disarmed_changed_.wait_for(lock, absl::ToChronoMilliseconds(limit),
-                                    [this] { return disarmed_; })) {
-      std::fprintf(stderr, "%s is still running after %s: aborting\n", what.c_str(),
-                   absl::FormatDuration(limit).c_str());
-      std::abort();
-    }
-  });
-}
-
-Watchdog::~Watchdog() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    disarmed_ = true;
-  }
-  disarmed_changed_.notify_all();
-  thread_.join();
+  if (connection_index < 0 || connection_index >= static_cast<int>(recorded_.size())) return {};
+  return recorded_[connection_index].options;
 }
 
 // --- Byte builders -------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 // tests/testing/scripted_server.h — a misbehaving NBD server for fault tests, driven by a script.
 //
-// A ScriptedServer listens on a Unix socket in a private /tmp directory, accepts ONE connection
-// on its own thread and runs a list of actions on it, in order:
+// A ScriptedServer listens on a Unix socket in a private /tmp directory, accepts a connection
+// and runs a list of actions (its script) on it, in order, on a thread of its own:
 //
 //   ScriptedServer server({
 //       Greet(),
@@ -15,16 +15,30 @@
 //   ... connect a client to server.uri() ...
 //   EXPECT_TRUE(server.Wait().ok());
 //
-// Requests are numbered in the order they arrive; reply actions name them by that index and
-// take the cookie, offset and length from the recorded request, so correct replies are one
-// call and malformed ones (ReplyChunk, SendRaw) are spelled out field by field.
+// Several connections (multi-conn clients): the i-th connection accepted runs script_for(i),
+// each on its own thread, so each can, e.g., assign its own meta context ids:
+//
+//   ScriptedServer server(2, [](int connection) {
+//     ScriptedExport export_config{.meta_contexts = {{7u + connection, "base:allocation"}}};
+//     export_config.transmission_flags |= kFlagCanMultiConn;
+//     return std::vector<Action>{Greet(), ExpectClientFlags(),
+//                                HandleOptionsUntilGo(export_config), ...};
+//   });
+//
+// Requests are numbered per connection in the order they arrive; reply actions name them by
+// that index and take the cookie, offset and length from the recorded request, so correct
+// replies are one call and malformed ones (ReplyChunk, SendRaw) are spelled out field by field.
 //
 // Contract:
-//  * The script stops at the first action that fails (the client did something the script did
-//    not expect, or the client closed early); Wait() returns that failure, naming the action.
-//    When the script ends, for whatever reason, the server closes the connection.
+//  * A script stops at the first action that fails (the client did something the script did
+//    not expect, or the client closed early). When a script ends, for whatever reason, the
+//    server closes its connection. Wait() returns OK once every script succeeded, else the
+//    first failure, naming the action (and, with several connections, the connection).
+//  * Once all its connections are accepted the server stops listening: further connection
+//    attempts are refused instead of left waiting.
 //  * Nothing blocks for ever: every receive waits at most `io_timeout` (Stall() at most
-//    `stall_limit`), and the destructor interrupts whatever the thread is doing and joins it.
+//    `stall_limit`), and the destructor interrupts whatever the threads are doing and joins
+//    them.
 //  * Sends never raise SIGPIPE; a send to a client that has gone is a failed action.
 //  * Everything a server sends is built with nbd/wire.h constants and big-endian helpers; the
 //    byte builders below are public so tests can compose malformed messages from them.
@@ -53,6 +67,7 @@
 #include "nbd/request.h"
 #include "nbd/wire.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/watchdog.h"  // Watchdog, which fault tests use with the server
 
 namespace nbd::testing {
 
@@ -90,7 +105,7 @@ struct ScriptedServerOptions {
   absl::Duration stall_limit = absl::Seconds(30);
 };
 
-// The one connection a script runs on. Actions get it; custom actions may use all of it.
+// The connection a script runs on. Actions get it; custom actions may use all of it.
 class ScriptedConnection {
  public:
   ScriptedConnection(int fd, int stop_fd, const std::atomic<bool>* stopping,
@@ -156,8 +171,16 @@ struct Action {
 
 class ScriptedServer {
  public:
+  // One connection, running `script`.
   explicit ScriptedServer(std::vector<Action> script, ScriptedServerOptions options = {});
-  ~ScriptedServer();  // stops the script wherever it is and joins the thread
+  // `connections` connections; the one accepted `connection_index`-th (0-based, in accept
+  // order) runs script_for(connection_index) on its own thread. script_for is called for
+  // every index before the constructor returns. Each accept waits at most io_timeout (from
+  // the start, then from the previous accept).
+  ScriptedServer(int connections,
+                 const std::function<std::vector<Action>(int connection_index)>& script_for,
+                 ScriptedServerOptions options = {});
+  ~ScriptedServer();  // stops every script wherever it is and joins the threads
   ScriptedServer(const ScriptedServer&) = delete;
   ScriptedServer& operator=(const ScriptedServer&) = delete;
 
@@ -165,51 +188,43 @@ class ScriptedServer {
   std::string uri() const;
   const std::string& socket_path() const { return socket_path_; }
 
-  // Waits for the script to end and returns its outcome: OK when every action succeeded,
-  // else the first failure ("action 4 ExpectRequest(NBD_CMD_READ): ..."), or
-  // DeadlineExceeded when it is still running after `timeout`.
+  // Waits for every script to end and returns the outcome: OK when every action of every
+  // script succeeded, else the first failure in time ("action 4 ExpectRequest(NBD_CMD_READ):
+  // ...", prefixed "connection 1: " when there are several), or DeadlineExceeded when a
+  // script is still running after `timeout`.
   absl::Status Wait(absl::Duration timeout = absl::Seconds(30));
-  // What the script recorded; complete once Wait() returned something other than
-  // DeadlineExceeded.
-  std::vector<RecordedRequest> requests() const;
-  std::vector<RecordedOption> options() const;
+  // What the script of connection `connection_index` recorded (empty for a connection never
+  // accepted); complete once Wait() returned something other than DeadlineExceeded.
+  std::vector<RecordedRequest> requests(int connection_index = 0) const;
+  std::vector<RecordedOption> options(int connection_index = 0) const;
 
  private:
+  struct Recorded {
+    std::vector<RecordedRequest> requests;
+    std::vector<RecordedOption> options;
+  };
+
   void Run();
   absl::Status Setup();
-  absl::Status AcceptAndRunScript();
+  absl::StatusOr<int> Accept(absl::Time deadline);
+  void RunScript(int connection_index, int fd);
+  // Keeps `status` as the result if it is the first failure; holding mutex_.
+  void NoteFailureLocked(int connection_index, const absl::Status& status);
 
-  std::vector<Action> script_;
+  std::vector<std::vector<Action>> scripts_;  // one per connection
   ScriptedServerOptions options_;
   std::unique_ptr<TempDir> dir_;
   std::string socket_path_;
   int listen_fd_ = -1;
   int stop_pipe_[2] = {-1, -1};
   std::atomic<bool> stopping_{false};
-  std::thread thread_;
+  std::thread thread_;  // accepts, starts a thread per connection and joins them
 
   mutable std::mutex mutex_;
   std::condition_variable finished_changed_;
   bool finished_ = false;
   absl::Status result_;
-  std::vector<RecordedRequest> recorded_requests_;
-  std::vector<RecordedOption> recorded_options_;
-};
-
-// Aborts the test binary, naming `what`, if it is still alive `limit` after construction:
-// a client that hangs becomes a prompt failure that says where, instead of a test timeout.
-class Watchdog {
- public:
-  Watchdog(std::string what, absl::Duration limit);
-  ~Watchdog();
-  Watchdog(const Watchdog&) = delete;
-  Watchdog& operator=(const Watchdog&) = delete;
-
- private:
-  std::mutex mutex_;
-  std::condition_variable disarmed_changed_;
-  bool disarmed_ = false;
-  std::thread thread_;
+  std::vector<Recorded> recorded_;  // per connection
 };
 
 // --- Byte builders ---------------------------------------------------------------------------
