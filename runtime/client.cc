@@ -443,6 +443,12 @@ uint64_t Client::Submit(Operation* operation) {
   operation->waited_for_slot_ = false;
   operation->first_error_ = Validate(*operation);
   if (operation->on_complete == nullptr) return submission_id;  // nothing to tell
+  if (RingThread* ring = impl_->CurrentRing(); ring != nullptr) {
+    // From a callback: this ring is running, so it takes the operation (or, once closing,
+    // fails it on its next turn). The hot path of callback-driven I/O: no atomics here.
+    ring->Submit(operation);
+    return submission_id;
+  }
   // Close() sets `closed` and then waits until no Submit is between this check and the hand
   // over below, so an operation either sees `closed` here or reaches a ring that will still
   // take it (both sequentially consistent: the two sides of a Dekker handshake).
@@ -453,13 +459,8 @@ uint64_t Client::Submit(Operation* operation) {
     operation->on_complete(operation, absl::UnavailableError("the client is closed"));
     return submission_id;
   }
-  if (RingThread* ring = impl_->CurrentRing(); ring != nullptr) {
-    ring->Submit(operation);
-  } else {
-    uint32_t index =
-        impl_->next_ring.fetch_add(1, std::memory_order_relaxed) % impl_->rings.size();
-    impl_->rings[index]->Submit(operation);
-  }
+  uint32_t index = impl_->next_ring.fetch_add(1, std::memory_order_relaxed) % impl_->rings.size();
+  impl_->rings[index]->Submit(operation);
   impl_->submits_in_progress.fetch_sub(1);
   return submission_id;
 }
