@@ -215,14 +215,15 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   if (info.block_size.minimum > 1) max_payload -= max_payload % info.block_size.minimum;
   if (max_payload == 0) max_payload = info.block_size.minimum;
 
+  const int64_t request_timeout_ns =
+      RingNanoseconds(options.request_timeout, /*zero_is_none=*/true, 0);
   std::vector<std::vector<PendingConnection>> per_thread(threads);
   for (int i = 0; i < connections; ++i) {
     ConnectionOptions connection_options;
     connection_options.inflight_limit = options.inflight_limit;
     connection_options.receive_buffer_bytes = options.receive_buffer_bytes;
     connection_options.direct_receive_bytes = options.direct_receive_bytes;
-    connection_options.request_timeout_ns =
-        RingNanoseconds(options.request_timeout, /*zero_is_none=*/true, 0);
+    connection_options.request_timeout_ns = request_timeout_ns;
     connection_options.max_payload_part = max_payload;
     connection_options.max_effect_part = (uint64_t{1} << 32) - (uint64_t{1} << 16);
     connection_options.index = i;
@@ -253,8 +254,6 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
         {std::move(sockets[i].fd), std::move(sockets[i].info), std::move(connection_options)});
   }
   RingOptions ring_options;
-  const int64_t request_timeout_ns =
-      RingNanoseconds(options.request_timeout, /*zero_is_none=*/true, 0);
   if (request_timeout_ns > 0) {
     ring_options.timeout_check_ns = std::max<int64_t>(request_timeout_ns / 8, 1000000);
   }
