@@ -15,7 +15,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -34,6 +33,7 @@ namespace {
 
 using ::nbd::testing::ServerProcess;
 using ::nbd::testing::TempDir;
+using ::nbd::testing::WriteDiskImage;
 using ::nbdring::testing::CompletionTracker;
 using ::nbdring::testing::WaitUntil;
 
@@ -109,13 +109,7 @@ class ReconnectSplitTest : public ::testing::Test {
     ASSERT_TRUE(dir.ok()) << dir.status();
     disk_dir_ = *std::move(dir);
     const std::string path = disk_dir_->File("disk.img");
-    {
-      std::vector<char> bytes(kDiskBytes);
-      for (uint64_t i = 0; i < kDiskBytes; ++i) bytes[i] = static_cast<char>(PatternByte(i));
-      std::ofstream disk(path, std::ios::binary);
-      disk.write(bytes.data(), bytes.size());
-      ASSERT_TRUE(disk.good());
-    }
+    ASSERT_TRUE(WriteDiskImage(path, kDiskBytes, PatternByte).ok());
     // Each part takes 200 ms in the server, so the first parts are still on the wire when
     // the server dies, however slow the machine.
     auto server = ServerProcess::StartNbdkit(

@@ -3,7 +3,6 @@
 #include <signal.h>
 
 #include <filesystem>
-#include <fstream>
 #include <set>
 #include <string>
 #include <system_error>
@@ -23,6 +22,7 @@ namespace {
 
 using ::nbd::testing::ServerProcess;
 using ::nbd::testing::TempDir;
+using ::nbd::testing::WriteDiskImage;
 using ::nbdring::testing::CompletionTracker;
 using ::nbdring::testing::WaitUntil;
 using ::testing::HasSubstr;
@@ -57,11 +57,7 @@ class ReconnectTest : public ::testing::Test {
     ASSERT_TRUE(dir.ok()) << dir.status();
     disk_dir_ = *std::move(dir);
     std::string path = disk_dir_->File("disk.img");
-    std::ofstream disk(path, std::ios::binary);
-    std::vector<char> bytes(kDiskBytes);
-    for (uint64_t i = 0; i < kDiskBytes; ++i) bytes[i] = static_cast<char>(PatternByte(i));
-    disk.write(bytes.data(), bytes.size());
-    disk.close();
+    ASSERT_TRUE(WriteDiskImage(path, kDiskBytes, PatternByte).ok());
     // Reads take 300 ms, so they are really in flight when the server dies.
     auto server = ServerProcess::StartNbdkit({"--filter=delay", "file", path, "rdelay=300ms"});
     ASSERT_TRUE(server.ok()) << server.status();

@@ -5,6 +5,7 @@
 #include <sys/resource.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,19 +43,43 @@ constexpr size_t kFirstPart = 100;  // data bytes sent before the stall
 constexpr absl::Duration kStall = absl::Seconds(2);
 constexpr int64_t kCpuBudgetUs = 20000;
 
-Action NotifyAction(std::string description, Event* event) {
-  return Custom(std::move(description), [event](ScriptedConnection&) {
-    event->Notify();
-    return absl::OkStatus();
-  });
-}
+// The server's stall, as two script actions around it, and the client process's CPU time
+// between them (only the stall: the server's own work before and after is not the client's).
+class StallWindow {
+ public:
+  Action Begins() { return Notify("tell the test the stall begins", &began_); }
+  Action Ends() { return Notify("tell the test the stall is over", &ended_); }
 
-int64_t ProcessCpuMicroseconds() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return (int64_t{usage.ru_utime.tv_sec} + usage.ru_stime.tv_sec) * 1000000 +
-         usage.ru_utime.tv_usec + usage.ru_stime.tv_usec;
-}
+  struct Measurement {
+    int64_t cpu_us = 0;
+    absl::Duration waited;
+  };
+  // Waits for the stall to begin and end; nothing when either did not happen in time.
+  std::optional<Measurement> Measure() {
+    if (!began_.WaitFor(absl::Seconds(10))) return std::nullopt;
+    const int64_t cpu_before_us = ProcessCpuMicroseconds();
+    const absl::Time began_at = absl::Now();
+    if (!ended_.WaitFor(absl::Seconds(20))) return std::nullopt;
+    return Measurement{ProcessCpuMicroseconds() - cpu_before_us, absl::Now() - began_at};
+  }
+
+ private:
+  static Action Notify(std::string description, Event* event) {
+    return Custom(std::move(description), [event](ScriptedConnection&) {
+      event->Notify();
+      return absl::OkStatus();
+    });
+  }
+  static int64_t ProcessCpuMicroseconds() {
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    return (int64_t{usage.ru_utime.tv_sec} + usage.ru_stime.tv_sec) * 1000000 +
+           usage.ru_utime.tv_usec + usage.ru_stime.tv_usec;
+  }
+
+  Event began_;
+  Event ended_;
+};
 
 // Small reads arrive through the connection's receive buffer; large ones (>= 16 KiB by
 // default) straight into the caller's buffer with MSG_WAITALL: both waits must sleep.
@@ -63,8 +88,7 @@ class StalledReadTest : public ::testing::TestWithParam<uint64_t> {};
 TEST_P(StalledReadTest, WaitingForTheRestOfAReplyUsesNoCpu) {
   const uint64_t kReadBytes = GetParam();
   const std::vector<uint8_t> data = PatternBytes(0, kReadBytes);
-  Event first_part_sent;
-  Event stall_over;
+  StallWindow stall;
   // OFFSET_DATA payload: the 64-bit offset (0), then the data.
   std::vector<uint8_t> first_part(8, 0);
   first_part.insert(first_part.end(), data.begin(), data.begin() + kFirstPart);
@@ -78,9 +102,9 @@ TEST_P(StalledReadTest, WaitingForTheRestOfAReplyUsesNoCpu) {
                        static_cast<uint16_t>(nbd::ReplyType::kOffsetData),
                        static_cast<uint32_t>(8 + kReadBytes)),
       SendRaw(first_part),
-      NotifyAction("tell the test the stall begins", &first_part_sent),
+      stall.Begins(),
       Sleep(kStall),
-      NotifyAction("tell the test the stall is over", &stall_over),
+      stall.Ends(),
       SendRaw(rest),
       ExpectDisconnect(),
   });
@@ -96,21 +120,16 @@ TEST_P(StalledReadTest, WaitingForTheRestOfAReplyUsesNoCpu) {
   read.buffer = buffer.data();
   CompletionTracker tracker;
   tracker.Submit(**client, &read);
-  ASSERT_TRUE(first_part_sent.WaitFor(absl::Seconds(10)));
-  const int64_t cpu_before_us = ProcessCpuMicroseconds();
-  const absl::Time stall_began = absl::Now();
-  ASSERT_TRUE(stall_over.WaitFor(absl::Seconds(20)));
-  // Only the stall is measured: the server's own work before and after is not the client's.
-  const int64_t cpu_used_us = ProcessCpuMicroseconds() - cpu_before_us;
-  const absl::Duration waited = absl::Now() - stall_began;
+  std::optional<StallWindow::Measurement> measured = stall.Measure();
+  ASSERT_TRUE(measured.has_value()) << "the server's stall did not begin and end in time";
   ASSERT_TRUE(tracker.WaitFor(1, absl::Seconds(20)));
 
   EXPECT_TRUE(tracker.status(&read).ok()) << tracker.status(&read);
   EXPECT_EQ(buffer, data);
-  EXPECT_GE(waited, kStall - absl::Milliseconds(100));
-  EXPECT_LT(cpu_used_us, kCpuBudgetUs) << "the client process used " << cpu_used_us
-                                       << " us of CPU while the server stalled for "
-                                       << absl::FormatDuration(waited);
+  EXPECT_GE(measured->waited, kStall - absl::Milliseconds(100));
+  EXPECT_LT(measured->cpu_us, kCpuBudgetUs)
+      << "the client process used " << measured->cpu_us << " us of CPU while the server "
+      << "stalled for " << absl::FormatDuration(measured->waited);
   EXPECT_TRUE((*client)->Close().ok());
   EXPECT_TRUE(server.Wait().ok()) << server.Wait();
 }
@@ -121,8 +140,7 @@ INSTANTIATE_TEST_SUITE_P(ThroughReceiveBufferAndDirect, StalledReadTest,
 // A write whose payload the server stops reading: the client's send waits for socket space.
 TEST(StalledWriteTest, WaitingForTheServerToReadAWriteUsesNoCpu) {
   constexpr uint64_t kWriteBytes = 8 << 20;  // far more than the socket buffers hold
-  Event header_read;
-  Event stall_over;
+  StallWindow stall;
   nbd::testing::ScriptedExport export_config;
   export_config.size = 16 << 20;
   ScriptedServer server({
@@ -130,9 +148,9 @@ TEST(StalledWriteTest, WaitingForTheServerToReadAWriteUsesNoCpu) {
       ExpectClientFlags(),
       HandleOptionsUntilGo(export_config),
       ExpectRequestHeader(nbd::Command::kWrite),
-      NotifyAction("tell the test the stall begins", &header_read),
+      stall.Begins(),
       Sleep(kStall),
-      NotifyAction("tell the test the stall is over", &stall_over),
+      stall.Ends(),
       ReceiveWritePayload(0),
       ReplyNone(0),
       ExpectDisconnect(),
@@ -148,14 +166,12 @@ TEST(StalledWriteTest, WaitingForTheServerToReadAWriteUsesNoCpu) {
   write.buffer = data.data();
   CompletionTracker tracker;
   tracker.Submit(**client, &write);
-  ASSERT_TRUE(header_read.WaitFor(absl::Seconds(10)));
-  const int64_t cpu_before_us = ProcessCpuMicroseconds();
-  ASSERT_TRUE(stall_over.WaitFor(absl::Seconds(20)));
-  const int64_t cpu_used_us = ProcessCpuMicroseconds() - cpu_before_us;
+  std::optional<StallWindow::Measurement> measured = stall.Measure();
+  ASSERT_TRUE(measured.has_value()) << "the server's stall did not begin and end in time";
   ASSERT_TRUE(tracker.WaitFor(1, absl::Seconds(20)));
   EXPECT_TRUE(tracker.status(&write).ok()) << tracker.status(&write);
-  EXPECT_LT(cpu_used_us, kCpuBudgetUs) << "the client process used " << cpu_used_us
-                                       << " us of CPU while the server stalled";
+  EXPECT_LT(measured->cpu_us, kCpuBudgetUs)
+      << "the client process used " << measured->cpu_us << " us of CPU while the server stalled";
   EXPECT_TRUE((*client)->Close().ok());
   EXPECT_TRUE(server.Wait().ok()) << server.Wait();
 }

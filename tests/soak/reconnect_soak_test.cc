@@ -17,7 +17,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
-#include <fstream>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -39,6 +39,7 @@ namespace {
 
 using ::nbd::testing::ServerProcess;
 using ::nbd::testing::TempDir;
+using ::nbd::testing::WriteDiskImage;
 using ::nbdring::testing::CompletionTracker;
 using ::nbdring::testing::WaitUntil;
 
@@ -291,13 +292,13 @@ TEST(ReconnectSoakTest, KillAndRestartTheServerUnderLoad) {
   auto dir = TempDir::Create();
   ASSERT_TRUE(dir.ok()) << dir.status();
   const std::string path = (*dir)->File("disk.img");
-  {
-    std::vector<uint64_t> words(kDiskBytes / 8);
-    for (uint64_t i = 0; i < words.size(); ++i) words[i] = Word(0, 8 * i);
-    std::ofstream disk(path, std::ios::binary);
-    disk.write(reinterpret_cast<const char*>(words.data()), kDiskBytes);
-    ASSERT_TRUE(disk.good());
-  }
+  // Generation 0 of every word, laid out as the words read back from memory.
+  ASSERT_TRUE(WriteDiskImage(path, kDiskBytes, [](uint64_t offset) {
+                const uint64_t word = Word(0, offset & ~uint64_t{7});
+                uint8_t bytes[8];
+                std::memcpy(bytes, &word, sizeof(word));
+                return bytes[offset & 7];
+              }).ok());
   // The file plugin keeps the data across restarts; the delay filter keeps requests on the
   // wire long enough that every kill finds some.
   auto started = ServerProcess::StartNbdkit(

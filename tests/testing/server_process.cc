@@ -17,6 +17,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -71,6 +72,19 @@ absl::StatusOr<int> PickFreePort() {
 }
 
 }  // namespace
+
+absl::Status WriteDiskImage(const std::string& path, uint64_t size,
+                            const std::function<uint8_t(uint64_t offset)>& byte_at) {
+  std::vector<char> bytes(size);
+  for (uint64_t offset = 0; offset < size; ++offset) {
+    bytes[offset] = static_cast<char>(byte_at(offset));
+  }
+  std::ofstream image(path, std::ios::binary);
+  image.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  image.close();
+  if (!image) return absl::InternalError(absl::StrCat("cannot write the disk image ", path));
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<TempDir>> TempDir::Create() {
   char path[] = "/tmp/nbdr-XXXXXX";

@@ -11,6 +11,8 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -32,6 +34,11 @@ class TempDir {
   explicit TempDir(std::string path) : path_(std::move(path)) {}
   std::string path_;
 };
+
+// Writes a disk image of `size` bytes at `path`, byte i being `byte_at(i)`: the file a
+// file-backed server (nbdkit's file plugin) serves, which keeps its data across Restart().
+absl::Status WriteDiskImage(const std::string& path, uint64_t size,
+                            const std::function<uint8_t(uint64_t offset)>& byte_at);
 
 class ServerProcess {
  public:
