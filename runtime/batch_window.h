@@ -20,11 +20,19 @@
 // epochs of kEpochNs, runs kProbeNs in the other mode and compares reply rates with the epoch
 // just before. Not batching must be more than kDirectMustBeFaster times as fast to be chosen,
 // because batching saves CPU even where it does not raise throughput (an application issuing
-// at a fixed rate sees equal rates in both modes and keeps batching). A probe costs what the
+// at a fixed rate sees equal rates in both modes and keeps batching). It must also gain more
+// throughput than it costs CPU per reply: the ring's thread CPU time (which, with
+// DEFER_TASKRUN, holds the kernel's socket work for this ring too) is read at each epoch's
+// end, and not batching is chosen only when its rate ratio exceeds its CPU-per-reply ratio.
+// Pinned on its own core at one connection and 16 in flight, waking on every reply gave
+// +0-15 % replies for +35 % CPU per reply: a loss this rule refuses; sharing a core with the
+// server it gave +60 % for +20 %: a win it keeps. A probe costs what the
 // other mode costs (4 connections pinned: 2.9 io_uring_enter per reply instead of 0.1), so
 // each probe that the chosen mode wins clearly doubles the time to the next, up to
-// kMaxEpochsBetweenProbes; a switch or a close call starts over. Epochs with fewer than
-// kMinimumEpochReplies are not compared. Single-threaded (the ring's loop).
+// kMaxEpochsBetweenProbes; a switch or a close call starts over. A probe that favours the
+// other mode is confirmed by a second probe two epochs later before the ring switches: a
+// 10 ms sample on a shared VM is noisy, and a wrong switch lasts until the next probe.
+// Epochs with fewer than kMinimumEpochReplies are not compared. Single-threaded (the ring's loop).
 #ifndef NBDRING_RUNTIME_BATCH_WINDOW_H_
 #define NBDRING_RUNTIME_BATCH_WINDOW_H_
 
@@ -48,6 +56,8 @@ class BatchWindow {
   static constexpr double kClearMargin = 1.25;
   // The first probe comes early, so that a short run is measured too.
   static constexpr int kEpochsBeforeFirstProbe = 2;
+  // A probe that says "switch" is confirmed by another this many epochs later.
+  static constexpr int kEpochsBeforeConfirmingProbe = 2;
   static constexpr double kDirectMustBeFaster = 1.10;
   static constexpr uint64_t kMinimumEpochReplies = 200;
 
@@ -57,16 +67,21 @@ class BatchWindow {
   bool enabled() const { return max_delay_ns_ > 0; }
 
   // Feeds the running total of replies received and the current time; call once a turn.
-  void Observe(uint64_t replies_total, int64_t now_ns) {
+  // `thread_cpu_ns()` returns the ring thread's CPU time so far (CLOCK_THREAD_CPUTIME_ID);
+  // it is called only when an epoch ends, not every turn. The two-argument form compares
+  // reply rates alone.
+  template <typename ThreadCpuClock>
+  void Observe(uint64_t replies_total, int64_t now_ns, ThreadCpuClock&& thread_cpu_ns) {
     if (sample_start_ns_ == 0) {
       sample_start_ns_ = now_ns;
       sample_start_replies_ = replies_total;
       epoch_start_ns_ = now_ns;
       epoch_start_replies_ = replies_total;
+      epoch_start_cpu_ns_ = thread_cpu_ns();
       return;
     }
     if (now_ns - epoch_start_ns_ >= (probing_ ? kProbeNs : kEpochNs)) {
-      EndEpoch(replies_total, now_ns);
+      EndEpoch(replies_total, now_ns, thread_cpu_ns());
     }
     const int64_t elapsed_ns = now_ns - sample_start_ns_;
     if (elapsed_ns < kSampleNs) return;
@@ -76,6 +91,9 @@ class BatchWindow {
     if (replies == 0) return;  // idle: keep the last rate rather than learn "infinitely slow"
     const double ns_per_reply = static_cast<double>(elapsed_ns) / static_cast<double>(replies);
     ns_per_reply_ = ns_per_reply_ == 0 ? ns_per_reply : 0.75 * ns_per_reply_ + 0.25 * ns_per_reply;
+  }
+  void Observe(uint64_t replies_total, int64_t now_ns) {
+    Observe(replies_total, now_ns, [] { return int64_t{0}; });
   }
 
   // The wait for `in_flight` requests; 0 means "do not batch, wake on the next completion".
@@ -96,23 +114,46 @@ class BatchWindow {
   uint64_t epochs() const { return epochs_; }  // ended so far, probes included
 
  private:
-  void EndEpoch(uint64_t replies_total, int64_t now_ns) {
+  void EndEpoch(uint64_t replies_total, int64_t now_ns, int64_t cpu_ns) {
     const uint64_t replies = replies_total - epoch_start_replies_;
     const double rate =
         replies >= kMinimumEpochReplies
             ? static_cast<double>(replies) / static_cast<double>(now_ns - epoch_start_ns_)
             : 0;
+    // CPU per reply; 0 when unknown (no clock, or too few replies).
+    const double cpu_per_reply =
+        rate > 0 && cpu_ns > epoch_start_cpu_ns_
+            ? static_cast<double>(cpu_ns - epoch_start_cpu_ns_) / static_cast<double>(replies)
+            : 0;
     epoch_start_ns_ = now_ns;
     epoch_start_replies_ = replies_total;
+    epoch_start_cpu_ns_ = cpu_ns;
     ++epochs_;
     if (probing_) {
       probing_ = false;
       if (rate > 0 && chosen_rate_ > 0) {  // else too little traffic to compare
         const double direct_rate = direct_chosen_ ? chosen_rate_ : rate;
         const double batching_rate = direct_chosen_ ? rate : chosen_rate_;
-        const bool direct_wins = direct_rate > batching_rate * kDirectMustBeFaster;
-        const bool clear_win = direct_chosen_ ? direct_rate > batching_rate * kClearMargin
-                                              : direct_rate < batching_rate;
+        const double direct_cpu = direct_chosen_ ? chosen_cpu_per_reply_ : cpu_per_reply;
+        const double batching_cpu = direct_chosen_ ? cpu_per_reply : chosen_cpu_per_reply_;
+        // How many times the CPU per reply not batching costs; 1 when not measured.
+        const double cpu_ratio =
+            direct_cpu > 0 && batching_cpu > 0 ? direct_cpu / batching_cpu : 1.0;
+        const double rate_ratio = direct_rate / batching_rate;
+        const bool direct_wins = rate_ratio > kDirectMustBeFaster && rate_ratio > cpu_ratio;
+        const bool clear_win = direct_chosen_
+                                   ? rate_ratio > kClearMargin && rate_ratio > cpu_ratio
+                                   : rate_ratio < 1.0 || cpu_ratio > rate_ratio * kClearMargin;
+        if (direct_wins != direct_chosen_ && !switch_pending_) {
+          // One probe is 10 ms of a noisy machine: confirm with a second one soon after.
+          switch_pending_ = true;
+          epochs_between_probes_ = kEpochsBetweenProbes;
+          epochs_until_probe_ = kEpochsBeforeConfirmingProbe;
+          chosen_rate_ = 0;
+          chosen_cpu_per_reply_ = 0;
+          return;
+        }
+        switch_pending_ = false;
         if (direct_wins != direct_chosen_) {
           direct_chosen_ = direct_wins;
           ++mode_switches_;
@@ -126,9 +167,11 @@ class BatchWindow {
       }
       epochs_until_probe_ = epochs_between_probes_;
       chosen_rate_ = 0;
+      chosen_cpu_per_reply_ = 0;
       return;
     }
     chosen_rate_ = rate;
+    chosen_cpu_per_reply_ = cpu_per_reply;
     if (rate > 0 && --epochs_until_probe_ <= 0) probing_ = true;
   }
 
@@ -136,11 +179,14 @@ class BatchWindow {
   // Mode probing (see the top of this file).
   bool direct_chosen_ = false;
   bool probing_ = false;
+  bool switch_pending_ = false;  // the last probe favoured the other mode; confirming
   int epochs_until_probe_ = kEpochsBeforeFirstProbe;
   int epochs_between_probes_ = kEpochsBetweenProbes;
   int64_t epoch_start_ns_ = 0;
   uint64_t epoch_start_replies_ = 0;
   double chosen_rate_ = 0;  // replies per ns in the last epoch of the chosen mode; 0: unknown
+  double chosen_cpu_per_reply_ = 0;  // ring-thread CPU ns per reply in that epoch; 0: unknown
+  int64_t epoch_start_cpu_ns_ = 0;
   uint64_t mode_switches_ = 0;
   uint64_t epochs_ = 0;
   int64_t sample_start_ns_ = 0;

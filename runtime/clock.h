@@ -1,4 +1,5 @@
-// runtime/clock.h — the monotonic clock the rings use for deadlines (vDSO: no syscall).
+// runtime/clock.h — the monotonic clock the rings use for deadlines (vDSO: no syscall), and
+// the thread CPU clock the batching probe weighs modes with.
 #ifndef NBDRING_RUNTIME_CLOCK_H_
 #define NBDRING_RUNTIME_CLOCK_H_
 
@@ -12,6 +13,13 @@ inline int64_t MonotonicNanoseconds() {
   timespec now;
   clock_gettime(CLOCK_MONOTONIC, &now);
   return int64_t{now.tv_sec} * 1000000000 + now.tv_nsec;
+}
+
+// CPU time the calling thread has used, user and system (a syscall: read it rarely).
+inline int64_t ThreadCpuNanoseconds() {
+  timespec used;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &used);
+  return int64_t{used.tv_sec} * 1000000000 + used.tv_nsec;
 }
 
 // `now_ns + duration_ns` without signed overflow: a duration of INT64_MAX (what

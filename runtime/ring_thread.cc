@@ -269,7 +269,7 @@ void RingThread::Loop() {
         sends += connection->send_in_flight() ? 1 : 0;
         large_payload = large_payload || connection->large_payload_in_flight();
       }
-      batch_window_.Observe(replies, now);
+      batch_window_.Observe(replies, now, ThreadCpuNanoseconds);
       // After a window that ended empty, wait for the first completion instead: a second
       // empty window would only add an io_uring_enter. Large payloads are never batched:
       // see Connection::large_payload_in_flight().

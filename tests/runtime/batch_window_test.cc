@@ -135,8 +135,12 @@ TEST(BatchWindowTest, StopsBatchingWhenWakingOnEveryReplyIsClearlyFaster) {
   uint64_t replies = 0;
   int64_t now_ns = 1;
   window.Observe(replies, now_ns);
-  // The first probe comes after kEpochsBeforeFirstProbe epochs and decides at once.
+  // The first probe comes after kEpochsBeforeFirstProbe epochs; a second one confirms it.
   RunEpochs(window, &replies, &now_ns, {1000, 1500}, BatchWindow::kEpochsBeforeFirstProbe + 1);
+  EXPECT_EQ(window.mode_switches(), 0u);
+  EXPECT_TRUE(window.batching());
+  RunEpochs(window, &replies, &now_ns, {1000, 1500},
+            BatchWindow::kEpochsBeforeConfirmingProbe + 1);
   EXPECT_EQ(window.mode_switches(), 1u);
   EXPECT_FALSE(window.batching());
   EXPECT_EQ(window.WindowNs(1000), 0);
@@ -187,6 +191,19 @@ TEST(BatchWindowTest, ProbesThatBatchingWinsClearlyComeLessAndLessOften) {
   EXPECT_EQ(window.mode_switches(), 0u);
 }
 
+TEST(BatchWindowTest, OneNoisyProbeDoesNotSwitch) {
+  BatchWindow window(kMaxDelayNs);
+  uint64_t replies = 0;
+  int64_t now_ns = 1;
+  window.Observe(replies, now_ns);
+  // The first probe sees not batching 1.5x as fast; the confirming probe sees it slower.
+  RunEpochs(window, &replies, &now_ns, {1000, 1500}, BatchWindow::kEpochsBeforeFirstProbe + 1);
+  RunEpochs(window, &replies, &now_ns, {1000, 900},
+            BatchWindow::kEpochsBeforeConfirmingProbe + 1);
+  EXPECT_EQ(window.mode_switches(), 0u);
+  EXPECT_TRUE(window.batching());
+}
+
 TEST(BatchWindowTest, QuietEpochsNeitherProbeNorDecide) {
   BatchWindow window(kMaxDelayNs);
   uint64_t replies = 0;
@@ -197,6 +214,74 @@ TEST(BatchWindowTest, QuietEpochsNeitherProbeNorDecide) {
   EXPECT_EQ(RunEpochs(window, &replies, &now_ns, {1, 1000}, epochs), epochs);
   EXPECT_FALSE(window.probing());
   EXPECT_EQ(window.mode_switches(), 0u);
+}
+
+// A ring whose throughput and CPU per reply depend on the mode, with a thread CPU clock that
+// the window reads at epoch ends.
+struct CostedEnvironment {
+  uint64_t batching_rate;  // replies per ms
+  uint64_t direct_rate;
+  int64_t batching_cpu_ns_per_reply;
+  int64_t direct_cpu_ns_per_reply;
+};
+
+// Runs `epochs` epochs, charging CPU per reply by mode; returns how many batched.
+int RunCostedEpochs(BatchWindow& window, uint64_t* replies_total, int64_t* now_ns,
+                    int64_t* cpu_ns, CostedEnvironment environment, int epochs) {
+  int batched = 0;
+  for (int i = 0; i < epochs; ++i) {
+    const bool batching = window.batching();
+    const uint64_t epoch = window.epochs();
+    while (window.epochs() == epoch) {
+      const uint64_t rate = batching ? environment.batching_rate : environment.direct_rate;
+      *replies_total += rate;
+      *now_ns += 1'000'000;
+      *cpu_ns += static_cast<int64_t>(rate) * (batching ? environment.batching_cpu_ns_per_reply
+                                                        : environment.direct_cpu_ns_per_reply);
+      window.Observe(*replies_total, *now_ns, [cpu_ns] { return *cpu_ns; });
+    }
+    batched += batching ? 1 : 0;
+  }
+  return batched;
+}
+
+TEST(BatchWindowTest, KeepsBatchingWhenNotBatchingCostsMoreCpuThanItGains) {
+  // Pinned, one connection, 16 in flight (measured): +15 % replies for +35 % CPU per reply.
+  BatchWindow window(kMaxDelayNs);
+  uint64_t replies = 0;
+  int64_t now_ns = 1;
+  int64_t cpu_ns = 1;
+  window.Observe(replies, now_ns, [&cpu_ns] { return cpu_ns; });
+  const int epochs = 4 * BatchWindow::kEpochsBetweenProbes;
+  RunCostedEpochs(window, &replies, &now_ns, &cpu_ns, {1000, 1150, 9000, 12150}, epochs);
+  EXPECT_EQ(window.mode_switches(), 0u);
+  EXPECT_TRUE(window.batching());
+  // The same rates with the CPU unmeasured: the rate rule alone would switch.
+  BatchWindow rate_only(kMaxDelayNs);
+  replies = 0;
+  now_ns = 1;
+  rate_only.Observe(replies, now_ns);
+  RunEpochs(rate_only, &replies, &now_ns, {1000, 1150},
+            BatchWindow::kEpochsBeforeFirstProbe + BatchWindow::kEpochsBeforeConfirmingProbe + 2);
+  EXPECT_EQ(rate_only.mode_switches(), 1u);
+}
+
+TEST(BatchWindowTest, StopsBatchingWhenTheGainOutweighsTheCpu) {
+  // Sharing a core with the server (measured): +60 % replies for +20 % CPU per reply.
+  BatchWindow window(kMaxDelayNs);
+  uint64_t replies = 0;
+  int64_t now_ns = 1;
+  int64_t cpu_ns = 1;
+  window.Observe(replies, now_ns, [&cpu_ns] { return cpu_ns; });
+  RunCostedEpochs(window, &replies, &now_ns, &cpu_ns, {1000, 1600, 9000, 10800},
+                  BatchWindow::kEpochsBeforeFirstProbe + BatchWindow::kEpochsBeforeConfirmingProbe + 2);
+  EXPECT_EQ(window.mode_switches(), 1u);
+  EXPECT_FALSE(window.batching());
+  // Later waking on every reply gets dearer than it gains: back to batching at a probe.
+  RunCostedEpochs(window, &replies, &now_ns, &cpu_ns, {1000, 1200, 9000, 13500},
+                  BatchWindow::kMaxEpochsBetweenProbes + 1);
+  EXPECT_EQ(window.mode_switches(), 2u);
+  EXPECT_TRUE(window.batching());
 }
 
 }  // namespace
