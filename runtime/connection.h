@@ -130,6 +130,14 @@ class Connection : private nbd::RequestLookup {
   uint64_t outstanding_bytes() const { return outstanding_bytes_ + queued_bytes_; }
   uint32_t in_flight() const { return table_.in_use(); }
   bool send_in_flight() const { return send_in_flight_; }
+  // True once after PostSend queued a send small enough to complete inside the submitting
+  // io_uring_enter (the socket buffer takes it whole): the ring may then count that send's
+  // completion into the same enter's wait instead of entering twice. Clears on reading.
+  bool TakeInlineSend() {
+    const bool inline_send = inline_send_posted_;
+    inline_send_posted_ = false;
+    return inline_send;
+  }
   // True while a read or write with a payload of at least `direct_receive_bytes` is in
   // flight. Such a payload crosses the socket in many steps (the kernel retries the recv or
   // send in task work each time the socket buffer drains or fills), and each step needs the
@@ -195,6 +203,7 @@ class Connection : private nbd::RequestLookup {
   // The send chain.
   IoCompletion send_completion_;
   bool send_in_flight_ = false;
+  bool inline_send_posted_ = false;  // see TakeInlineSend()
   bool disconnect_sent_ = false;
   std::unique_ptr<uint8_t[]> headers_;
   std::vector<iovec> iovecs_;

@@ -12,6 +12,12 @@
 #include "runtime/clock.h"
 
 namespace nbdring {
+namespace {
+
+// How long a wait that counts on inline sends may last before the loop looks again.
+constexpr int64_t kInlineSendWaitCapNs = 1'000'000;
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<RingThread>> RingThread::Start(
     const nbd::ExportInfo& info, std::vector<PendingConnection> connections,
@@ -231,7 +237,11 @@ void RingThread::Loop() {
       }
       if (AllClosed() && inbox_.empty() && local_failures_.empty()) break;
     }
-    for (const std::unique_ptr<Connection>& connection : connections_) connection->Flush();
+    unsigned inline_sends = 0;
+    for (const std::unique_ptr<Connection>& connection : connections_) {
+      connection->Flush();
+      inline_sends += connection->TakeInlineSend() ? 1 : 0;
+    }
     if (!local_failures_.empty()) continue;
 
     int64_t wait_ns = -1;
@@ -257,17 +267,19 @@ void RingThread::Loop() {
     // many wakeups (one io_uring_enter and a context switch each) into one. BatchWindow
     // sizes the wait.
     unsigned wait_count = 1;
+    uint32_t in_flight = 0;
+    unsigned sends = 0;
+    bool large_payload = false;
+    for (const std::unique_ptr<Connection>& connection : connections_) {
+      in_flight += connection->in_flight();
+      sends += connection->send_in_flight() ? 1 : 0;
+      large_payload = large_payload || connection->large_payload_in_flight();
+    }
     if (batch_window_.enabled()) {
-      uint32_t in_flight = 0;
       uint64_t replies = 0;
-      unsigned sends = 0;
-      bool large_payload = false;
       for (const std::unique_ptr<Connection>& connection : connections_) {
-        in_flight += connection->in_flight();
         replies += connection->counters().wire_requests.load(std::memory_order_relaxed) -
                    connection->in_flight();
-        sends += connection->send_in_flight() ? 1 : 0;
-        large_payload = large_payload || connection->large_payload_in_flight();
       }
       batch_window_.Observe(replies, now, ThreadCpuNanoseconds);
       // After a window that ended empty, wait for the first completion instead: a second
@@ -282,6 +294,14 @@ void RingThread::Loop() {
         wait_count = static_cast<unsigned>(connections_.size()) + sends + 1;
         if (wait_ns < 0 || wait_ns > window_ns) wait_ns = window_ns;
       }
+    }
+    if (wait_count == 1 && inline_sends > 0 && in_flight > 0 && !large_payload) {
+      // Small sends complete inside the enter that submits them; wait for those and one
+      // reply in the same enter (one io_uring_enter per I/O at depth 1, not two). Capped:
+      // with DEFER_TASKRUN a send that did not complete inline (a full socket buffer) is
+      // resumed only by task work this very wait would have to run first.
+      wait_count = 1 + inline_sends;
+      if (wait_ns < 0 || wait_ns > kInlineSendWaitCapNs) wait_ns = kInlineSendWaitCapNs;
     }
     ring_->SubmitAndWait(wait_count, wait_ns);
     reaped_last_turn = ring_->Reap();
