@@ -23,10 +23,11 @@
 // at a fixed rate sees equal rates in both modes and keeps batching). It must also gain more
 // throughput than it costs CPU per reply: the ring's thread CPU time (which, with
 // DEFER_TASKRUN, holds the kernel's socket work for this ring too) is read at each epoch's
-// end, and not batching is chosen only when its rate ratio exceeds its CPU-per-reply ratio.
-// Pinned on its own core at one connection and 16 in flight, waking on every reply gave
-// +0-15 % replies for +35 % CPU per reply: a loss this rule refuses; sharing a core with the
-// server it gave +60 % for +20 %: a win it keeps. A probe costs what the
+// end, and not batching is chosen only when the percentage it gains in replies exceeds
+// kCpuWeight times the percentage it adds to CPU per reply. Pinned on its own core at one
+// connection and 16 in flight, waking on every reply gave +0-28 % replies for +20-35 % CPU
+// per reply: losses this rule refuses; sharing a core with the server it gave +60 % for
+// +20 %: a win it keeps. A probe costs what the
 // other mode costs (4 connections pinned: 2.9 io_uring_enter per reply instead of 0.1), so
 // each probe that the chosen mode wins clearly doubles the time to the next, up to
 // kMaxEpochsBetweenProbes; a switch or a close call starts over. A probe that favours the
@@ -59,6 +60,9 @@ class BatchWindow {
   // A probe that says "switch" is confirmed by another this many epochs later.
   static constexpr int kEpochsBeforeConfirmingProbe = 2;
   static constexpr double kDirectMustBeFaster = 1.10;
+  // Each percent more CPU per reply that not batching costs must buy this many percent more
+  // replies. The CPU is the client's own overhead, paid whatever the server does.
+  static constexpr double kCpuWeight = 2.0;
   static constexpr uint64_t kMinimumEpochReplies = 200;
 
   explicit BatchWindow(int64_t max_delay_ns) : max_delay_ns_(max_delay_ns) {}
@@ -140,10 +144,12 @@ class BatchWindow {
         const double cpu_ratio =
             direct_cpu > 0 && batching_cpu > 0 ? direct_cpu / batching_cpu : 1.0;
         const double rate_ratio = direct_rate / batching_rate;
-        const bool direct_wins = rate_ratio > kDirectMustBeFaster && rate_ratio > cpu_ratio;
+        // What not batching gains in replies, less what it costs in CPU per reply (weighted).
+        const double direct_gain = (rate_ratio - 1.0) - kCpuWeight * (cpu_ratio - 1.0);
+        const bool direct_wins = rate_ratio > kDirectMustBeFaster && direct_gain > 0;
         const bool clear_win = direct_chosen_
-                                   ? rate_ratio > kClearMargin && rate_ratio > cpu_ratio
-                                   : rate_ratio < 1.0 || cpu_ratio > rate_ratio * kClearMargin;
+                                   ? rate_ratio > kClearMargin && direct_gain > 0
+                                   : rate_ratio < 1.0 || direct_gain < 1.0 - kClearMargin;
         if (direct_wins != direct_chosen_ && !switch_pending_) {
           // One probe is 10 ms of a noisy machine: confirm with a second one soon after.
           switch_pending_ = true;

@@ -267,6 +267,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
     if (!ring.ok()) return ring.status();
     impl.rings.push_back(*std::move(ring));
   }
+  // Every ring of a process probes the same kernel: one note says which paths they took.
+  client->notes_.push_back(absl::StrCat("io_uring: ", impl.rings.front()->ring_description()));
   return client;
 }
 

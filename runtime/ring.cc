@@ -1,11 +1,13 @@
 #include "runtime/ring.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "runtime/uring_compat.h"
 
 namespace nbdring {
 namespace {
@@ -54,6 +56,8 @@ absl::StatusOr<std::unique_ptr<Ring>> Ring::Create(unsigned entries) {
     const char* description;
   };
   // Best first. DEFER_TASKRUN needs SINGLE_ISSUER (6.1+); COOP_TASKRUN alone is 5.19+.
+  // NBDRING_DISABLE_FEATURES=defer_taskrun starts at the second (to test that path).
+  const bool defer_taskrun = !uring_compat::DisabledByEnvironment("defer_taskrun");
   const Attempt attempts[] = {
       {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL,
        "SINGLE_ISSUER|DEFER_TASKRUN|SUBMIT_ALL"},
@@ -62,17 +66,32 @@ absl::StatusOr<std::unique_ptr<Ring>> Ring::Create(unsigned entries) {
   };
   int result = 0;
   for (const Attempt& attempt : attempts) {
+    if (!defer_taskrun && (attempt.flags & IORING_SETUP_DEFER_TASKRUN) != 0) continue;
     io_uring_params params{};
     params.flags = attempt.flags;
     result = io_uring_queue_init_params(entries, &ring->ring_, &params);
     if (result == 0) {
       ring->initialised_ = true;
-      ring->setup_description_ = attempt.description;
       if ((params.features & IORING_FEAT_EXT_ARG) == 0) {
         io_uring_queue_exit(&ring->ring_);
         return absl::UnavailableError(
             "io_uring lacks IORING_FEAT_EXT_ARG (timed waits); nbdring needs Linux 5.11+");
       }
+      const char* waits;
+      if ((params.features & uring_compat::kFeatMinTimeout) == 0) {
+        waits = "completion batching by timed waits (the kernel lacks IORING_FEAT_MIN_TIMEOUT, "
+                "Linux 6.12)";
+      } else if (uring_compat::DisabledByEnvironment("min_wait")) {
+        waits = "completion batching by timed waits (min_wait disabled by "
+                "NBDRING_DISABLE_FEATURES)";
+      } else {
+        ring->min_wait_ = true;
+        waits = "completion batching in the kernel (min_wait)";
+      }
+      ring->setup_description_ = absl::StrCat(
+          attempt.description, defer_taskrun ? "" : " (defer_taskrun disabled by "
+                                                    "NBDRING_DISABLE_FEATURES)",
+          ", ", waits);
       return ring;
     }
     // EINVAL means "flag not supported": try the next set. Anything else is final.
@@ -118,6 +137,20 @@ void Ring::SubmitAndWait(unsigned wait_count, int64_t timeout_ns) {
   } else {
     io_uring_submit_and_wait(&ring_, wait_count);
   }
+  AccountSubmission();
+}
+
+void Ring::SubmitAndWaitMin(unsigned wait_count, int64_t min_wait_ns, int64_t timeout_ns) {
+  // A general timeout is required (see uring_compat.h); a ring with nothing else to wake for
+  // looks again after a second.
+  if (timeout_ns < 0) timeout_ns = 1'000'000'000;
+  __kernel_timespec timeout{};
+  timeout.tv_sec = timeout_ns / 1000000000;
+  timeout.tv_nsec = timeout_ns % 1000000000;
+  const uint32_t min_wait_usec = static_cast<uint32_t>(std::max<int64_t>(min_wait_ns / 1000, 1));
+  const unsigned to_submit = uring_compat::FlushSubmissionQueue(&ring_);
+  // -ETIME (timeout) and -EINTR are ordinary ends of a wait; the loop reaps what is there.
+  uring_compat::SubmitAndWaitMinTimeout(&ring_, to_submit, wait_count, timeout, min_wait_usec);
   AccountSubmission();
 }
 

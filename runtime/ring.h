@@ -53,6 +53,12 @@ class Ring {
   // Submits everything queued and waits until `wait_count` completions are there or
   // `timeout_ns` (relative; negative = no limit) passes. One io_uring_enter.
   void SubmitAndWait(unsigned wait_count, int64_t timeout_ns);
+  // The same, except that once `min_wait_ns` has passed one completion is enough; with none
+  // by then it keeps sleeping until the first (or `timeout_ns`). Only when min_wait() is true.
+  void SubmitAndWaitMin(unsigned wait_count, int64_t min_wait_ns, int64_t timeout_ns);
+  // The kernel batches completions itself (IORING_FEAT_MIN_TIMEOUT, Linux 6.12+), unless
+  // NBDRING_DISABLE_FEATURES contains "min_wait".
+  bool min_wait() const { return min_wait_; }
   // Submits without waiting (used before blocking elsewhere).
   void Submit();
   // Drains the completion queue, then runs each handler. Returns how many ran.
@@ -60,7 +66,8 @@ class Ring {
 
   unsigned pending_sqes() const { return queued_; }
   const RingCounters& counters() const { return counters_; }
-  // Describes the set-up the probe chose, e.g. "SINGLE_ISSUER|DEFER_TASKRUN|COOP_TASKRUN".
+  // Describes the set-up the probe chose and the waits it uses, e.g.
+  // "SINGLE_ISSUER|DEFER_TASKRUN|SUBMIT_ALL, completion batching in the kernel (min_wait)".
   const std::string& setup_description() const { return setup_description_; }
 
  private:
@@ -68,6 +75,7 @@ class Ring {
   void AccountSubmission();
   io_uring ring_{};
   bool initialised_ = false;
+  bool min_wait_ = false;
   unsigned queued_ = 0;
   RingCounters counters_;
   std::string setup_description_;

@@ -267,6 +267,7 @@ void RingThread::Loop() {
     // many wakeups (one io_uring_enter and a context switch each) into one. BatchWindow
     // sizes the wait.
     unsigned wait_count = 1;
+    int64_t min_wait_ns = 0;  // > 0: batching in the kernel (Ring::min_wait)
     uint32_t in_flight = 0;
     unsigned sends = 0;
     bool large_payload = false;
@@ -286,13 +287,20 @@ void RingThread::Loop() {
       // empty window would only add an io_uring_enter. Large payloads are never batched:
       // see Connection::large_payload_in_flight().
       const int64_t window_ns = batch_window_.WindowNs(in_flight);
-      if (window_ns > 0 && in_flight >= options_.batch_min_in_flight && reaped_last_turn > 0 &&
-          !large_payload) {
+      // With the kernel's min_wait an empty window costs nothing (it goes on sleeping until
+      // the first completion); with timed waits it costs an io_uring_enter, so after one
+      // the ring waits for the first completion instead.
+      if (window_ns > 0 && in_flight >= options_.batch_min_in_flight &&
+          (ring_->min_wait() || reaped_last_turn > 0) && !large_payload) {
         // Wait out the whole window: each connection yields at most one receive completion
         // per turn (plus its send), so this count is never reached and only time ends the
         // wait; replies meanwhile pile up in the socket and one recv takes them all.
         wait_count = static_cast<unsigned>(connections_.size()) + sends + 1;
-        if (wait_ns < 0 || wait_ns > window_ns) wait_ns = window_ns;
+        if (ring_->min_wait()) {
+          min_wait_ns = window_ns;
+        } else if (wait_ns < 0 || wait_ns > window_ns) {
+          wait_ns = window_ns;
+        }
       }
     }
     if (wait_count == 1 && inline_sends > 0 && in_flight > 0 && !large_payload) {
@@ -303,7 +311,11 @@ void RingThread::Loop() {
       wait_count = 1 + inline_sends;
       if (wait_ns < 0 || wait_ns > kInlineSendWaitCapNs) wait_ns = kInlineSendWaitCapNs;
     }
-    ring_->SubmitAndWait(wait_count, wait_ns);
+    if (min_wait_ns > 0) {
+      ring_->SubmitAndWaitMin(wait_count, min_wait_ns, wait_ns);
+    } else {
+      ring_->SubmitAndWait(wait_count, wait_ns);
+    }
     reaped_last_turn = ring_->Reap();
   }
 }

@@ -15,6 +15,7 @@
 
 #include <atomic>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -62,6 +63,8 @@ class RingThread {
   void Join();
 
   bool on_this_thread() const;
+  // How the ring was set up (Ring::setup_description), for Client::notes().
+  const std::string& ring_description() const { return ring_->setup_description(); }
   int connections() const { return static_cast<int>(connections_.size()); }
   void AddStats(ClientStats* stats) const;
   // One entry per connection of this ring, ring counters repeated in each.

@@ -63,9 +63,10 @@ void ExpectAboutOneEnterPerRequest(Command command) {
   const ClientStats after = (*client)->stats();
   EXPECT_EQ(reads.failed, 0);
   const double enters_per_request = static_cast<double>(after.enters - before.enters) / kRequests;
-  // Two per request before (submit, then wait). A little above one is allowed: the first
-  // request arrives from another thread through the wakeup eventfd.
-  EXPECT_LT(enters_per_request, 1.2) << "enters: " << after.enters - before.enters;
+  // Two per request before (submit, then wait: 2.0-2.3 measured). Above one is allowed: a
+  // reply that reaches the socket in pieces (nbdkit writes a structured reply in three)
+  // can wake the ring before its last piece, which then takes one more enter.
+  EXPECT_LT(enters_per_request, 1.5) << "enters: " << after.enters - before.enters;
   EXPECT_TRUE((*client)->Close().ok());
 }
 
