@@ -10,7 +10,9 @@
 #   tools/bench/perf_matrix.sh                 # everything (about 25 minutes)
 #   SERVERS="memory-unix null-unix" WORKLOADS="randread:4k:16:4" tools/bench/perf_matrix.sh
 #
-# SERVERS may also name null-unix-shared (nbdkit on CPUs 0 and 1, the client on 1).
+# SERVERS may also name null-unix-shared (nbdkit on CPUs 0 and 1, the client on 1) and
+# fastsrv-unix (../shared/tools/fastsrv.c, or FASTSRV_SOURCE: a minimal in-memory server with
+# headroom, for nbdring's own ceiling).
 # WORKLOADS entries are rw:bs:iodepth:connections. ROUNDS, RUNTIME and RAMP pass through.
 set -euo pipefail
 
@@ -65,6 +67,12 @@ start_server() {
       rm -f /dev/shm/nbdring-perf.img
       truncate -s 1G /dev/shm/nbdring-perf.img
       taskset -c 0 qemu-nbd -t -f raw -k "$socket" --shared=8 /dev/shm/nbdring-perf.img &
+      URI="nbd+unix:///?socket=$socket" ;;
+    # A server with headroom (no file system, no threads per request): what nbdring itself
+    # can do. Built from the shared benchmark tools when they are there (not in CI).
+    fastsrv-unix)
+      gcc -O2 -Wall -o "$OUT/fastsrv" "${FASTSRV_SOURCE:-../shared/tools/fastsrv.c}" -lpthread
+      taskset -c 0 "$OUT/fastsrv" -U "$socket" -s 1g -P &
       URI="nbd+unix:///?socket=$socket" ;;
     *) echo "unknown server $1" >&2; exit 2 ;;
   esac
