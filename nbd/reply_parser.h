@@ -78,12 +78,6 @@ class RequestLookup {
   virtual InflightRequest* Find(uint64_t cookie) = 0;
 };
 
-// One block-status extent. `flags` is 32 bits on compact connections, 64 with extended headers.
-struct Extent {
-  uint64_t length = 0;
-  uint64_t flags = 0;
-};
-
 struct ReplyEvent {
   enum class Kind : uint8_t {
     kNone,         // nothing complete yet: feed more bytes

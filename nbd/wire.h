@@ -182,6 +182,12 @@ const char* OptionName(Option option);
 const char* OptionReplyName(OptionReply reply);
 const char* ReplyTypeName(ReplyType type);
 
+// One block-status extent. `flags` is 32 bits on compact connections, 64 with extended headers.
+struct Extent {
+  uint64_t length = 0;
+  uint64_t flags = 0;
+};
+
 }  // namespace nbd
 
 #endif  // NBDRING_NBD_WIRE_H_

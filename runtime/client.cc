@@ -11,6 +11,7 @@
 #include "nbd/request.h"
 #include "nbdring/client.h"
 #include "runtime/connection.h"
+#include "runtime/operation_state.h"
 #include "runtime/ring_thread.h"
 #include "runtime/socket.h"
 
@@ -435,14 +436,14 @@ void Client::Cancel(Operation* operation, uint64_t submission_id) {
 uint64_t Client::Submit(Operation* operation) {
   const uint64_t submission_id =
       impl_->next_submission_id.fetch_add(1, std::memory_order_relaxed);
-  std::atomic_ref<uint64_t>(operation->submission_).store(submission_id, std::memory_order_release);
-  operation->next_ = nullptr;
-  operation->cancelled_ = false;
-  operation->staged_bytes_ = 0;
-  operation->parts_outstanding_ = 0;
-  operation->fully_staged_ = false;
-  operation->waited_for_slot_ = false;
-  operation->first_error_ = Validate(*operation);
+  std::atomic_ref<uint64_t>(StateOf(operation).submission).store(submission_id, std::memory_order_release);
+  StateOf(operation).next = nullptr;
+  StateOf(operation).cancelled = false;
+  StateOf(operation).staged_bytes = 0;
+  StateOf(operation).parts_outstanding = 0;
+  StateOf(operation).fully_staged = false;
+  StateOf(operation).waited_for_slot = false;
+  StateOf(operation).first_error = Validate(*operation);
   if (operation->on_complete == nullptr) return submission_id;  // nothing to tell
   if (RingThread* ring = impl_->CurrentRing(); ring != nullptr) {
     // From a callback: this ring is running, so it takes the operation (or, once closing,

@@ -91,12 +91,12 @@ void Connection::StartReconnecting() {
     Operation* operation = slot.operation;
     ReleaseSlot(cookie, &slot);
     if (operation == nullptr) return;  // cancelled: already completed
-    if (operation->staged_bytes_ == 0) return;  // requeued through another of its parts
-    if (!operation->fully_staged_) pending_.Remove(operation);
-    operation->staged_bytes_ = 0;
-    operation->parts_outstanding_ = 0;
-    operation->fully_staged_ = false;
-    operation->first_error_ = absl::OkStatus();
+    if (StateOf(operation).staged_bytes == 0) return;  // requeued through another of its parts
+    if (!StateOf(operation).fully_staged) pending_.Remove(operation);
+    StateOf(operation).staged_bytes = 0;
+    StateOf(operation).parts_outstanding = 0;
+    StateOf(operation).fully_staged = false;
+    StateOf(operation).first_error = absl::OkStatus();
     requeued.PushBack(operation);
   });
   requeued.Append(pending_);
@@ -148,12 +148,12 @@ void Connection::Start() { ArmReceive(); }
 bool Connection::Cancel(Operation* operation, uint64_t submission) {
   // Find it by address first; only an Operation this connection holds may be dereferenced.
   bool held = false;
-  for (Operation* queued = pending_.front(); queued != nullptr && !held; queued = queued->next_) {
+  for (Operation* queued = pending_.front(); queued != nullptr && !held; queued = StateOf(queued).next) {
     held = queued == operation;
   }
   table_.ForEachInUse([&](uint64_t, Slot& slot) { held = held || slot.operation == operation; });
   if (!held) return false;
-  if (std::atomic_ref<uint64_t>(operation->submission_).load(std::memory_order_acquire) !=
+  if (std::atomic_ref<uint64_t>(StateOf(operation).submission).load(std::memory_order_acquire) !=
       submission) {
     return true;  // completed and resubmitted since: the cancel was for an older submission
   }
@@ -162,9 +162,9 @@ bool Connection::Cancel(Operation* operation, uint64_t submission) {
   table_.ForEachInUse([&](uint64_t, Slot& slot) {
     if (slot.operation == operation) slot.operation = nullptr;
   });
-  operation->cancelled_ = true;
-  operation->fully_staged_ = true;
-  operation->parts_outstanding_ = 0;
+  StateOf(operation).cancelled = true;
+  StateOf(operation).fully_staged = true;
+  StateOf(operation).parts_outstanding = 0;
   cancelled_.PushBack(operation);
   CompleteCancelled();
   return true;
@@ -173,7 +173,7 @@ bool Connection::Cancel(Operation* operation, uint64_t submission) {
 void Connection::CompleteCancelled() {
   OperationQueue waiting;
   while (Operation* operation = cancelled_.PopFront()) {
-    bool in_send = send_in_flight_ && operation->last_batch_ > sent_batch_;
+    bool in_send = send_in_flight_ && StateOf(operation).last_batch > sent_batch_;
     bool in_receive = receive_direct_ && receive_direct_operation_ == operation;
     if ((in_send || in_receive) && state_ != State::kClosed) {
       waiting.PushBack(operation);
@@ -182,8 +182,8 @@ void Connection::CompleteCancelled() {
     absl::Status status = absl::CancelledError(absl::StrCat(
         nbd::CommandName(operation->command), " at offset ", operation->offset, " length ",
         operation->length, " was cancelled"));
-    operation->cancelled_ = false;
-    operation->parts_outstanding_ = 1;
+    StateOf(operation).cancelled = false;
+    StateOf(operation).parts_outstanding = 1;
     CompleteOperationPart(operation, status, &counters_);
   }
   cancelled_.Append(waiting);
@@ -226,8 +226,8 @@ void Connection::BeginSoftDisconnect(const absl::Status& reason) {
       options_.description, ": not sent, the server is shutting down (", reason.message(), ")"));
   queued_bytes_ = 0;
   while (Operation* operation = pending_.PopFront()) {
-    operation->fully_staged_ = true;
-    ++operation->parts_outstanding_;
+    StateOf(operation).fully_staged = true;
+    ++StateOf(operation).parts_outstanding;
     CompleteOperationPart(operation, not_sent, &counters_);
   }
 }
@@ -255,9 +255,9 @@ void Connection::MaybeFinishDying() {
   pending.Append(pending_);
   queued_bytes_ = 0;
   while (Operation* operation = pending.PopFront()) {
-    operation->fully_staged_ = true;
-    if (operation->first_error_.ok()) operation->first_error_ = failure_;
-    ++operation->parts_outstanding_;  // the part that will never be staged
+    StateOf(operation).fully_staged = true;
+    if (StateOf(operation).first_error.ok()) StateOf(operation).first_error = failure_;
+    ++StateOf(operation).parts_outstanding;  // the part that will never be staged
     CompleteOperationPart(operation, failure_, &counters_);
   }
   table_.ForEachInUse([this](uint64_t cookie, Slot& slot) {

@@ -24,17 +24,17 @@ constexpr uint32_t kLargePayloadStagingBytes = 4096;
 
 void CompleteOperationPart(Operation* operation, const absl::Status& status,
                            ConnectionCounters* counters) {
-  if (!status.ok() && operation->first_error_.ok()) operation->first_error_ = status;
-  if (operation->parts_outstanding_ > 0) --operation->parts_outstanding_;
-  if (operation->parts_outstanding_ != 0 || !operation->fully_staged_) return;
-  absl::Status final_status = std::move(operation->first_error_);
+  if (!status.ok() && StateOf(operation).first_error.ok()) StateOf(operation).first_error = status;
+  if (StateOf(operation).parts_outstanding > 0) --StateOf(operation).parts_outstanding;
+  if (StateOf(operation).parts_outstanding != 0 || !StateOf(operation).fully_staged) return;
+  absl::Status final_status = std::move(StateOf(operation).first_error);
   // Reset the private state first: the callback may resubmit the same Operation.
-  operation->first_error_ = absl::OkStatus();
-  operation->staged_bytes_ = 0;
-  operation->fully_staged_ = false;
-  operation->waited_for_slot_ = false;
-  operation->cancelled_ = false;
-  operation->next_ = nullptr;
+  StateOf(operation).first_error = absl::OkStatus();
+  StateOf(operation).staged_bytes = 0;
+  StateOf(operation).fully_staged = false;
+  StateOf(operation).waited_for_slot = false;
+  StateOf(operation).cancelled = false;
+  StateOf(operation).next = nullptr;
   if (counters != nullptr) {
     Increment(counters->requests);
     if (!final_status.ok()) Increment(counters->errors);

@@ -29,8 +29,8 @@ void Connection::Enqueue(Operation* operation) {
 
 void Connection::RecountQueuedBytes() {
   queued_bytes_ = 0;
-  for (Operation* operation = pending_.front(); operation != nullptr; operation = operation->next_) {
-    queued_bytes_ += operation->length - operation->staged_bytes_ + nbd::kCompactRequestSize;
+  for (Operation* operation = pending_.front(); operation != nullptr; operation = StateOf(operation).next) {
+    queued_bytes_ += operation->length - StateOf(operation).staged_bytes + nbd::kCompactRequestSize;
   }
 }
 
@@ -81,9 +81,9 @@ void Connection::StageBatch() {
     uint64_t cookie = table_.Acquire(&slot);
     if (cookie == 0) {
       // Backpressure: the rest waits for replies to free slots.
-      for (Operation* waiting = operation; waiting != nullptr; waiting = waiting->next_) {
-        if (!waiting->waited_for_slot_) {
-          waiting->waited_for_slot_ = true;
+      for (Operation* waiting = operation; waiting != nullptr; waiting = StateOf(waiting).next) {
+        if (!StateOf(waiting).waited_for_slot) {
+          StateOf(waiting).waited_for_slot = true;
           Increment(counters_.queue_full_waits);
         }
       }
@@ -93,7 +93,7 @@ void Connection::StageBatch() {
       staged = true;
       ++batch_;
     }
-    uint64_t part_offset = operation->staged_bytes_;
+    uint64_t part_offset = StateOf(operation).staged_bytes;
     uint64_t part_length = std::min(operation->length - part_offset, PartLimit(*operation));
     slot->command = operation->command;
     slot->flags = operation->flags;
@@ -138,16 +138,16 @@ void Connection::StageBatch() {
     }
     Increment(counters_.wire_requests);
     outstanding_bytes_ += part_length + nbd::kCompactRequestSize;
-    ++operation->parts_outstanding_;
-    operation->last_batch_ = batch_;
-    operation->staged_bytes_ += part_length;
+    ++StateOf(operation).parts_outstanding;
+    StateOf(operation).last_batch = batch_;
+    StateOf(operation).staged_bytes += part_length;
     queued_bytes_ -= std::min(queued_bytes_, part_length);
-    if (operation->staged_bytes_ >= operation->length ||
+    if (StateOf(operation).staged_bytes >= operation->length ||
         operation->command == nbd::Command::kBlockStatus) {
-      operation->fully_staged_ = true;
+      StateOf(operation).fully_staged = true;
       pending_.PopFront();
       // Its header share, and the remainder a clamped BLOCK_STATUS never stages.
-      uint64_t rest = operation->length - operation->staged_bytes_ + nbd::kCompactRequestSize;
+      uint64_t rest = operation->length - StateOf(operation).staged_bytes + nbd::kCompactRequestSize;
       queued_bytes_ -= std::min(queued_bytes_, rest);
     }
   }

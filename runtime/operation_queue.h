@@ -11,7 +11,7 @@
 
 #include <atomic>
 
-#include "nbdring/client.h"
+#include "runtime/operation_state.h"
 
 namespace nbdring {
 
@@ -20,34 +20,34 @@ class OperationQueue {
   bool empty() const { return head_ == nullptr; }
   Operation* front() const { return head_; }
   void PushBack(Operation* operation) {
-    operation->next_ = nullptr;
+    StateOf(operation).next = nullptr;
     if (tail_ == nullptr) {
       head_ = tail_ = operation;
     } else {
-      tail_->next_ = operation;
+      StateOf(tail_).next = operation;
       tail_ = operation;
     }
   }
   Operation* PopFront() {
     Operation* operation = head_;
     if (operation != nullptr) {
-      head_ = operation->next_;
+      head_ = StateOf(operation).next;
       if (head_ == nullptr) tail_ = nullptr;
-      operation->next_ = nullptr;
+      StateOf(operation).next = nullptr;
     }
     return operation;
   }
   // Unlinks `operation` if it is queued here; linear, for the rare cancel.
   bool Remove(Operation* operation) {
     Operation* previous = nullptr;
-    for (Operation* current = head_; current != nullptr; current = current->next_) {
+    for (Operation* current = head_; current != nullptr; current = StateOf(current).next) {
       if (current != operation) {
         previous = current;
         continue;
       }
-      (previous == nullptr ? head_ : previous->next_) = current->next_;
+      (previous == nullptr ? head_ : StateOf(previous).next) = StateOf(current).next;
       if (tail_ == current) tail_ = previous;
-      current->next_ = nullptr;
+      StateOf(current).next = nullptr;
       return true;
     }
     return false;
@@ -58,7 +58,7 @@ class OperationQueue {
     if (tail_ == nullptr) {
       head_ = other.head_;
     } else {
-      tail_->next_ = other.head_;
+      StateOf(tail_).next = other.head_;
     }
     tail_ = other.tail_;
     other.head_ = other.tail_ = nullptr;
@@ -76,7 +76,7 @@ class SubmissionInbox {
   bool Push(Operation* operation) {
     Operation* head = head_.load(std::memory_order_relaxed);
     do {
-      operation->next_ = head;
+      StateOf(operation).next = head;
     } while (!head_.compare_exchange_weak(head, operation, std::memory_order_release,
                                           std::memory_order_relaxed));
     return head == nullptr;
@@ -86,14 +86,14 @@ class SubmissionInbox {
     Operation* stack = head_.exchange(nullptr, std::memory_order_acquire);
     Operation* reversed = nullptr;
     while (stack != nullptr) {
-      Operation* next = stack->next_;
-      stack->next_ = reversed;
+      Operation* next = StateOf(stack).next;
+      StateOf(stack).next = reversed;
       reversed = stack;
       stack = next;
     }
     OperationQueue queue;
     while (reversed != nullptr) {
-      Operation* next = reversed->next_;
+      Operation* next = StateOf(reversed).next;
       queue.PushBack(reversed);
       reversed = next;
     }

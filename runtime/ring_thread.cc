@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "runtime/clock.h"
+#include "runtime/operation_state.h"
 
 namespace nbdring {
 namespace {
@@ -150,13 +151,13 @@ void RingThread::OnWakeup(IoCompletion* completion) {
 }
 
 void RingThread::Dispatch(Operation* operation) {
-  if (!operation->first_error_.ok()) {
+  if (!StateOf(operation).first_error.ok()) {
     // Refused by validation: completed on the next turn, never inside Submit.
     local_failures_.PushBack(operation);
     return;
   }
   if (closing_) {
-    operation->first_error_ = absl::UnavailableError("the client is closed");
+    StateOf(operation).first_error = absl::UnavailableError("the client is closed");
     local_failures_.PushBack(operation);
     return;
   }
@@ -178,7 +179,7 @@ void RingThread::Dispatch(Operation* operation) {
     }
     absl::Status last = connections_.empty() ? absl::UnavailableError("no connection")
                                              : connections_.front()->failure();
-    operation->first_error_ = absl::UnavailableError(
+    StateOf(operation).first_error = absl::UnavailableError(
         absl::StrCat("no open connection to the server (", last.message(), ")"));
     local_failures_.PushBack(operation);
     return;
@@ -211,9 +212,9 @@ void RingThread::Loop() {
     while (Operation* operation = arrived.PopFront()) Dispatch(operation);
     if (cancels_.load(std::memory_order_relaxed) != nullptr) ProcessCancels();
     while (Operation* operation = local_failures_.PopFront()) {
-      operation->fully_staged_ = true;
-      operation->parts_outstanding_ = 1;
-      absl::Status status = operation->first_error_;
+      StateOf(operation).fully_staged = true;
+      StateOf(operation).parts_outstanding = 1;
+      absl::Status status = StateOf(operation).first_error;
       CompleteOperationPart(operation, status, nullptr);  // its callback may dispatch more
     }
     for (const std::unique_ptr<Connection>& connection : connections_) {

@@ -21,7 +21,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "nbdring/client.h"
+#include "nbdring/client_stats.h"
+#include "nbdring/operation.h"
 #include "runtime/batch_window.h"
 #include "runtime/connection.h"
 #include "runtime/operation_queue.h"

@@ -8,7 +8,7 @@ work=$(mktemp -d /tmp/nbdr-embed-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/include/nbdring" "$work/include/nbd"
 cp "$root"/runtime/include/nbdring/*.h "$work/include/nbdring/"
-cp "$root"/nbd/{export_info,reply_parser,uri,wire}.h "$work/include/nbd/"
+cp "$root"/nbd/{export_info,uri,wire}.h "$work/include/nbd/"
 absl_libs="-labsl_statusor -labsl_status -labsl_cord -labsl_cordz_info -labsl_cord_internal \
   -labsl_cordz_functions -labsl_cordz_handle -labsl_str_format_internal -labsl_strings \
   -labsl_strings_internal -labsl_time -labsl_time_zone -labsl_int128 -labsl_raw_logging_internal \

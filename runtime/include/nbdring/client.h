@@ -44,19 +44,13 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "nbd/export_info.h"
-#include "nbd/reply_parser.h"
 #include "nbd/uri.h"
 #include "nbd/wire.h"
+#include "nbdring/client_stats.h"
+#include "nbdring/operation.h"
 
 namespace nbdring {
 
-class Operation;
-struct ConnectionCounters;  // runtime-internal
-void CompleteOperationPart(Operation* operation, const absl::Status& status,
-                           ConnectionCounters* counters);  // runtime-internal
-
-using nbd::Command;
-using nbd::Extent;
 using nbd::ExportInfo;
 
 struct ClientOptions {
@@ -112,64 +106,6 @@ struct ClientOptions {
   // Zero delay turns batching off (lowest latency, most wakeups).
   absl::Duration completion_batch_delay = absl::Microseconds(50);
   uint32_t completion_batch_min_in_flight = 8;
-};
-
-// A request owned by the caller. Fill in the public fields, then Client::Submit(). The object
-// is the caller's again as soon as `on_complete` runs: it may be reused or resubmitted from
-// inside the callback.
-class Operation {
- public:
-  Command command = Command::kRead;
-  uint16_t flags = 0;  // nbd::kCmdFlag*
-  uint64_t offset = 0;
-  uint64_t length = 0;
-  // kRead: destination of `length` bytes. kWrite: source. Unused otherwise.
-  void* buffer = nullptr;
-
-  // Called once when the request is complete.
-  void (*on_complete)(Operation* operation, const absl::Status& status) = nullptr;
-  // kBlockStatus: called for each extent list the server sends (one per meta context).
-  // `context_id` is the context's id in Client::export_info().meta_contexts, whichever
-  // connection carried the request (servers may number contexts per connection).
-  void (*on_extents)(Operation* operation, uint32_t context_id,
-                     absl::Span<const Extent> extents) = nullptr;
-  // kRead (optional): called for each hole the server reported (the buffer range is zeroed
-  // before this call), with the hole's offset relative to `offset`.
-  void (*on_hole)(Operation* operation, uint64_t offset_in_request, uint64_t length) = nullptr;
-  void* user_data = nullptr;
-
- private:
-  friend class Connection;
-  friend class Client;
-  friend class Ring;
-  friend class OperationQueue;
-  friend class SubmissionInbox;
-  friend class RingThread;
-  friend void CompleteOperationPart(Operation*, const absl::Status&, ConnectionCounters*);
-  Operation* next_ = nullptr;        // intrusive link: submission and wait queues
-  uint64_t staged_bytes_ = 0;        // split requests: bytes already handed to slots
-  uint32_t parts_outstanding_ = 0;   // split requests: parts sent but not completed
-  bool fully_staged_ = false;        // every part has been handed to an in-flight slot
-  bool waited_for_slot_ = false;     // counted once in queue_full_waits
-  bool cancelled_ = false;           // completing with CancelledError once buffers are free
-  uint64_t submission_ = 0;          // id of the newest submission (atomic_ref): see Cancel
-  uint64_t last_batch_ = 0;          // newest send batch carrying a part of it
-  absl::Status first_error_;         // split requests: the first part's error wins
-};
-
-// Counters, summed over connections and rings. Read at any time from any thread.
-struct ClientStats {
-  uint64_t requests = 0;          // operations completed (a split request counts once)
-  uint64_t wire_requests = 0;     // NBD requests sent (split parts count separately)
-  uint64_t bytes_read = 0;
-  uint64_t bytes_written = 0;
-  uint64_t errors = 0;
-  uint64_t enters = 0;            // io_uring_enter calls
-  uint64_t sqes = 0;              // SQEs submitted
-  uint64_t cqes = 0;
-  uint64_t queue_full_waits = 0;  // requests that had to wait for an in-flight slot
-  uint64_t wakeups = 0;           // cross-thread submissions that had to wake a ring
-  uint64_t reconnects = 0;        // connections re-established after a loss
 };
 
 class Client {
