@@ -1,0 +1,96 @@
+/* nbdring.h — the C API of nbdring, for C11 programs and other languages' FFIs.
+ *
+ * A thin layer over the C++ client (nbdring/client.h), with the same contract:
+ *   - nbdring_connect() negotiates with the server and starts the client's ring threads
+ *     (option "threads", default 1); requests are batched, one io_uring_enter per loop turn.
+ *   - Synchronous calls (nbdring_pread, ...) block the calling thread until the server
+ *     answers. Asynchronous calls (nbdring_aio_*) return a cookie (> 0) at once and call the
+ *     completion exactly once, on a ring thread, with 0 or an errno. A completion must not
+ *     block; a synchronous call or nbdring_close from inside one is refused (-1, EDEADLK).
+ *   - Errors are reported as libnbd does: the call returns -1 (or NULL), and
+ *     nbdring_get_error() / nbdring_get_errno() give the message and errno of the last
+ *     failed call on this thread. Every argument is checked (NULL pointers, zero lengths,
+ *     ranges past the export, flags the server did not advertise, unknown cookies): a bad
+ *     one fails the call with a message naming it, never a crash.
+ *   - Buffers belong to the client from the call until its completion (asynchronous) or
+ *     until the call returns (synchronous).
+ * Every function may be called from any thread; one client may be shared by many threads.
+ */
+#ifndef NBDRING_H_
+#define NBDRING_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct nbdring_client nbdring_client;
+typedef struct nbdring_options nbdring_options;
+
+/* Request flags (NBD_CMD_FLAG_*), for the `flags` arguments. */
+#define NBDRING_CMD_FLAG_FUA 0x01u
+#define NBDRING_CMD_FLAG_NO_HOLE 0x02u
+#define NBDRING_CMD_FLAG_DF 0x04u
+#define NBDRING_CMD_FLAG_REQ_ONE 0x08u
+#define NBDRING_CMD_FLAG_FAST_ZERO 0x10u
+
+/* Options, set by name. Keys: "connections", "threads", "inflight_limit",
+ * "request_timeout_ms", "connect_timeout_ms", "close_timeout_ms", "reconnect" (true/false),
+ * "reconnect_delay_ms", "completion_batch_delay_us", "structured_replies" (true/false),
+ * "receive_buffer_bytes", "meta_context" (adds one, e.g. "base:allocation").
+ * nbdring_options_set returns 0, or -1 for an unknown key or a bad value. */
+nbdring_options *nbdring_options_create(void);
+int nbdring_options_set(nbdring_options *options, const char *key, const char *value);
+void nbdring_options_destroy(nbdring_options *options);
+
+/* Connects to an NBD URI (nbd://, nbd+unix://, nbd+vsock://); options may be NULL. */
+nbdring_client *nbdring_connect(const char *uri, const nbdring_options *options);
+/* Lets submitted requests finish (bounded by "close_timeout_ms"), disconnects, stops the
+ * ring threads and frees the client. Requests still unanswered complete with an error. */
+int nbdring_close(nbdring_client *client);
+
+/* The last error on this thread: a message (never NULL; "" when none) and an errno. */
+const char *nbdring_get_error(void);
+int nbdring_get_errno(void);
+
+int64_t nbdring_get_size(nbdring_client *client);
+/* 1 if the server advertises it, 0 if not, -1 on error. */
+int nbdring_is_read_only(nbdring_client *client);
+int nbdring_can_flush(nbdring_client *client);
+int nbdring_can_trim(nbdring_client *client);
+int nbdring_can_zero(nbdring_client *client);
+int nbdring_can_multi_conn(nbdring_client *client);
+
+/* Synchronous requests: 0 or -1. */
+int nbdring_pread(nbdring_client *client, void *buf, size_t count, uint64_t offset,
+                  uint32_t flags);
+int nbdring_pwrite(nbdring_client *client, const void *buf, size_t count, uint64_t offset,
+                   uint32_t flags);
+int nbdring_flush(nbdring_client *client, uint32_t flags);
+int nbdring_trim(nbdring_client *client, uint64_t count, uint64_t offset, uint32_t flags);
+int nbdring_zero(nbdring_client *client, uint64_t count, uint64_t offset, uint32_t flags);
+int nbdring_cache(nbdring_client *client, uint64_t count, uint64_t offset, uint32_t flags);
+
+/* Asynchronous requests: a cookie (> 0) or -1. `completion` may be NULL. */
+typedef void (*nbdring_completion)(void *user_data, int error);
+int64_t nbdring_aio_pread(nbdring_client *client, void *buf, size_t count, uint64_t offset,
+                          nbdring_completion completion, void *user_data, uint32_t flags);
+int64_t nbdring_aio_pwrite(nbdring_client *client, const void *buf, size_t count,
+                           uint64_t offset, nbdring_completion completion, void *user_data,
+                           uint32_t flags);
+int64_t nbdring_aio_flush(nbdring_client *client, nbdring_completion completion,
+                          void *user_data, uint32_t flags);
+/* Asks for the request to complete early with ECANCELED (a request already sent may still
+ * be carried out by the server). -1 with ENOENT when no request with that cookie is in
+ * flight (it completed already, or never existed). */
+int nbdring_aio_cancel(nbdring_client *client, int64_t cookie);
+/* Requests submitted and not yet completed. */
+int64_t nbdring_aio_in_flight(nbdring_client *client);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NBDRING_H_ */

@@ -1,0 +1,188 @@
+// The C API against real nbdkit: each call, each bad argument (a clear error, never a crash),
+// cancel, and the calls a completion callback must not make.
+#include "nbdring.h"
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
+#include "tests/testing/event.h"
+#include "tests/testing/server_process.h"
+
+namespace {
+
+using ::nbd::testing::ServerProcess;
+using ::nbdring::testing::Event;
+
+constexpr uint64_t kSize = 16 << 20;
+
+std::unique_ptr<ServerProcess> StartServer(const std::vector<std::string>& args) {
+  auto server = ServerProcess::StartNbdkit(args);
+  EXPECT_TRUE(server.ok()) << server.status();
+  return server.ok() ? *std::move(server) : nullptr;
+}
+
+std::string LastError() { return nbdring_get_error(); }
+
+TEST(CApiTest, OptionsTakeKnownKeysAndRefuseTheRest) {
+  nbdring_options* options = nbdring_options_create();
+  ASSERT_NE(options, nullptr);
+  EXPECT_EQ(nbdring_options_set(options, "connections", "4"), 0);
+  EXPECT_EQ(nbdring_options_set(options, "threads", "2"), 0);
+  EXPECT_EQ(nbdring_options_set(options, "inflight_limit", "16"), 0);
+  EXPECT_EQ(nbdring_options_set(options, "request_timeout_ms", "5000"), 0);
+  EXPECT_EQ(nbdring_options_set(options, "reconnect", "true"), 0);
+  EXPECT_EQ(nbdring_options_set(options, "meta_context", "base:allocation"), 0);
+  EXPECT_EQ(nbdring_options_set(options, "completion_batch_delay_us", "0"), 0);
+
+  EXPECT_EQ(nbdring_options_set(options, "connectionz", "4"), -1);
+  EXPECT_EQ(nbdring_get_errno(), EINVAL);
+  EXPECT_NE(LastError().find("unknown option 'connectionz'"), std::string::npos) << LastError();
+  EXPECT_EQ(nbdring_options_set(options, "inflight_limit", "0"), -1);
+  EXPECT_NE(LastError().find("inflight_limit"), std::string::npos) << LastError();
+  EXPECT_EQ(nbdring_options_set(options, "reconnect", "maybe"), -1);
+  EXPECT_EQ(nbdring_options_set(options, "threads", "two"), -1);
+  EXPECT_EQ(nbdring_options_set(options, nullptr, "1"), -1);
+  EXPECT_EQ(nbdring_get_errno(), EFAULT);
+  EXPECT_EQ(nbdring_options_set(nullptr, "threads", "1"), -1);
+  nbdring_options_destroy(options);
+  nbdring_options_destroy(nullptr);
+}
+
+TEST(CApiTest, ConnectFailuresNameTheCause) {
+  EXPECT_EQ(nbdring_connect(nullptr, nullptr), nullptr);
+  EXPECT_EQ(nbdring_get_errno(), EFAULT);
+  EXPECT_EQ(nbdring_connect("http://example.com/", nullptr), nullptr);
+  EXPECT_NE(LastError().find("nbdring_connect"), std::string::npos);
+  EXPECT_EQ(nbdring_connect("nbd+unix:///?socket=/nonexistent/nbd.sock", nullptr), nullptr);
+  EXPECT_NE(LastError().find("/nonexistent/nbd.sock"), std::string::npos) << LastError();
+}
+
+TEST(CApiTest, SynchronousCallsAndExportFlags) {
+  auto server = StartServer({"memory", "16M"});
+  ASSERT_NE(server, nullptr);
+  nbdring_client* client = nbdring_connect(server->uri().c_str(), nullptr);
+  ASSERT_NE(client, nullptr) << LastError();
+  EXPECT_EQ(nbdring_get_size(client), static_cast<int64_t>(kSize));
+  EXPECT_EQ(nbdring_is_read_only(client), 0);
+  EXPECT_EQ(nbdring_can_flush(client), 1);
+  EXPECT_EQ(nbdring_can_trim(client), 1);
+  EXPECT_EQ(nbdring_can_zero(client), 1);
+  EXPECT_EQ(nbdring_can_multi_conn(client), 1);
+
+  std::vector<uint8_t> data(65536), back(65536);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 31 + 7);
+  ASSERT_EQ(nbdring_pwrite(client, data.data(), data.size(), 4096, NBDRING_CMD_FLAG_FUA), 0)
+      << LastError();
+  ASSERT_EQ(nbdring_pread(client, back.data(), back.size(), 4096, 0), 0) << LastError();
+  EXPECT_EQ(back, data);
+  EXPECT_EQ(nbdring_flush(client, 0), 0) << LastError();
+  EXPECT_EQ(nbdring_cache(client, 4096, 0, 0), 0) << LastError();
+  ASSERT_EQ(nbdring_zero(client, 8192, 4096, 0), 0) << LastError();
+  ASSERT_EQ(nbdring_trim(client, 4096, 65536, 0), 0) << LastError();
+  ASSERT_EQ(nbdring_pread(client, back.data(), 8192, 4096, 0), 0) << LastError();
+  EXPECT_EQ(back[0], 0);
+  EXPECT_EQ(back[8191], 0);
+
+  // Bad arguments: -1 and a message naming the problem; the client stays usable.
+  EXPECT_EQ(nbdring_pread(client, nullptr, 4096, 0, 0), -1);
+  EXPECT_EQ(nbdring_get_errno(), EFAULT);
+  EXPECT_EQ(nbdring_pread(client, back.data(), 4096, kSize - 1024, 0), -1);
+  EXPECT_NE(nbdring_get_errno(), 0);
+  EXPECT_NE(LastError().find("nbdring_pread"), std::string::npos) << LastError();
+  EXPECT_EQ(nbdring_pread(client, back.data(), 0, 0, 0), -1);  // zero length
+  EXPECT_EQ(nbdring_pwrite(client, data.data(), 4096, 0, 0x10000), -1);
+  EXPECT_EQ(nbdring_flush(client, NBDRING_CMD_FLAG_FUA), -1);
+  EXPECT_EQ(nbdring_aio_pread(client, back.data(), 4096, kSize, nullptr, nullptr, 0), -1);
+  EXPECT_EQ(nbdring_aio_in_flight(client), 0);
+  EXPECT_EQ(nbdring_pread(nullptr, back.data(), 4096, 0, 0), -1);
+  EXPECT_EQ(nbdring_get_errno(), EFAULT);
+  ASSERT_EQ(nbdring_pread(client, back.data(), 4096, 0, 0), 0) << LastError();
+  EXPECT_EQ(nbdring_close(client), 0);
+  EXPECT_EQ(nbdring_close(nullptr), 0);
+}
+
+TEST(CApiTest, ReadOnlyExportRefusesWrites) {
+  auto server = StartServer({"-r", "memory", "16M"});
+  ASSERT_NE(server, nullptr);
+  nbdring_client* client = nbdring_connect(server->uri().c_str(), nullptr);
+  ASSERT_NE(client, nullptr) << LastError();
+  EXPECT_EQ(nbdring_is_read_only(client), 1);
+  std::vector<uint8_t> data(4096, 1);
+  EXPECT_EQ(nbdring_pwrite(client, data.data(), data.size(), 0, 0), -1);
+  EXPECT_NE(LastError().find("read-only"), std::string::npos) << LastError();
+  EXPECT_EQ(nbdring_close(client), 0);
+}
+
+struct Completion {
+  Event done;
+  int error = -1;
+};
+
+void RecordCompletion(void* user_data, int error) {
+  auto* completion = static_cast<Completion*>(user_data);
+  completion->error = error;
+  completion->done.Notify();
+}
+
+TEST(CApiTest, CancelCompletesWithEcanceledAndStaleCookiesAreRefused) {
+  // Reads wait 3 s in the server: the cancel comes first.
+  auto server = StartServer({"--filter=delay", "memory", "16M", "rdelay=3000ms"});
+  ASSERT_NE(server, nullptr);
+  nbdring_client* client = nbdring_connect(server->uri().c_str(), nullptr);
+  ASSERT_NE(client, nullptr) << LastError();
+  std::vector<uint8_t> buffer(4096);
+  Completion completion;
+  const int64_t cookie =
+      nbdring_aio_pread(client, buffer.data(), buffer.size(), 0, &RecordCompletion, &completion, 0);
+  ASSERT_GT(cookie, 0) << LastError();
+  EXPECT_EQ(nbdring_aio_in_flight(client), 1);
+  ASSERT_EQ(nbdring_aio_cancel(client, cookie), 0) << LastError();
+  ASSERT_TRUE(completion.done.WaitFor(absl::Seconds(2)));  // before the server's 3 s
+  EXPECT_EQ(completion.error, ECANCELED);
+  EXPECT_EQ(nbdring_aio_cancel(client, cookie), -1);
+  EXPECT_EQ(nbdring_get_errno(), ENOENT);
+  EXPECT_EQ(nbdring_close(client), 0);
+}
+
+struct CallbackCalls {
+  nbdring_client* client = nullptr;
+  std::vector<uint8_t> buffer = std::vector<uint8_t>(4096);
+  int pread_result = 0;
+  int pread_errno = 0;
+  int close_result = 0;
+  int close_errno = 0;
+  Event done;
+};
+
+void CallBlockingCallsFromCompletion(void* user_data, int /*error*/) {
+  auto* calls = static_cast<CallbackCalls*>(user_data);
+  calls->pread_result = nbdring_pread(calls->client, calls->buffer.data(), 4096, 0, 0);
+  calls->pread_errno = nbdring_get_errno();
+  calls->close_result = nbdring_close(calls->client);
+  calls->close_errno = nbdring_get_errno();
+  calls->done.Notify();
+}
+
+TEST(CApiTest, BlockingCallsFromACompletionAreRefused) {
+  auto server = StartServer({"memory", "16M"});
+  ASSERT_NE(server, nullptr);
+  CallbackCalls calls;
+  calls.client = nbdring_connect(server->uri().c_str(), nullptr);
+  ASSERT_NE(calls.client, nullptr) << LastError();
+  ASSERT_GT(nbdring_aio_flush(calls.client, &CallBlockingCallsFromCompletion, &calls, 0), 0);
+  ASSERT_TRUE(calls.done.WaitFor(absl::Seconds(10)));
+  EXPECT_EQ(calls.pread_result, -1);
+  EXPECT_EQ(calls.pread_errno, EDEADLK);
+  EXPECT_EQ(calls.close_result, -1);
+  EXPECT_EQ(calls.close_errno, EDEADLK);
+  EXPECT_EQ(nbdring_close(calls.client), 0);  // from outside: fine
+}
+
+}  // namespace
