@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <optional>
@@ -24,6 +25,7 @@
 #include "tools/bench/flags.h"
 #include "tools/bench/libnbd_engine.h"
 #include "tools/bench/nbdring_engine.h"
+#include "tools/common/command_line.h"
 #include "tools/bench/report.h"
 #include "tools/bench/run.h"
 
@@ -164,6 +166,10 @@ int Main(const std::vector<std::string>& arguments) {
   StartSignalThread();
   // A server that goes away must show up as an I/O error with a message, not kill us.
   signal(SIGPIPE, SIG_IGN);
+  if (std::find(arguments.begin(), arguments.end(), "--version") != arguments.end()) {
+    std::printf("nbd-bench (nbdring) %s\n", nbdtools::kNbdringVersion);
+    return 0;
+  }
   absl::StatusOr<BenchOptions> parsed = ParseCommandLine(arguments);
   if (!parsed.ok()) return UsageFailure(parsed.status().message());
   const BenchOptions& options = *parsed;

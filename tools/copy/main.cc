@@ -29,13 +29,12 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "tools/common/command_line.h"
 #include "tools/copy/byte_size.h"
 #include "tools/copy/copier.h"
 #include "tools/copy/endpoint.h"
@@ -60,7 +59,7 @@ ABSL_FLAG(double, timeout, 0,
 namespace {
 
 constexpr int kExitFailure = 1;
-constexpr int kExitUsage = 2;
+using nbdtools::kExitUsage;
 
 // nbdcopy spells its flags with dashes, which Abseil flag names cannot contain: rewrite
 // "--request-size=1m" to "--request_size=1m" and "-p" to "--progress" before Abseil parses.
@@ -96,16 +95,19 @@ int Fail(int exit_status, const absl::Status& status) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      "copies between NBD exports, files and pipes.\n"
-      "usage: nbd-copy [flags] SOURCE DESTINATION\n"
-      "  SOURCE/DESTINATION: an NBD URI, a file, \"-\" for stdin/stdout, or null: (destination)");
   std::deque<std::string> normalized;
   NormalizeArguments(argc, argv, &normalized);
-  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
-  if (positional.size() != 3) {
+  const std::vector<std::string> positional = nbdtools::ParseToolCommandLine(
+      argc, argv,
+      {"nbd-copy",
+       "copies between NBD exports, files and pipes.\n"
+       "usage: nbd-copy [flags] SOURCE DESTINATION\n"
+       "  SOURCE/DESTINATION: an NBD URI, a file, \"-\" for stdin/stdout, or null: (destination)\n"
+       "  flags may also be spelled with dashes (--request-size); -p is --progress",
+       "tools/copy/"});
+  if (positional.size() != 2) {
     return Fail(kExitUsage, absl::InvalidArgumentError(absl::StrCat(
-                                "expected SOURCE and DESTINATION, got ", positional.size() - 1,
+                                "expected SOURCE and DESTINATION, got ", positional.size(),
                                 " argument(s); see --help")));
   }
   absl::StatusOr<uint64_t> request_size = nbdcopy::ParseByteSize(absl::GetFlag(FLAGS_request_size));
@@ -139,10 +141,10 @@ int main(int argc, char** argv) {
   nbd_options.request_timeout = absl::Seconds(timeout);
 
   absl::StatusOr<std::unique_ptr<nbdcopy::Endpoint>> source =
-      nbdcopy::Endpoint::Open(positional[1], nbdcopy::Side::kSource, nbd_options);
+      nbdcopy::Endpoint::Open(positional[0], nbdcopy::Side::kSource, nbd_options);
   if (!source.ok()) return Fail(kExitFailure, source.status());
   absl::StatusOr<std::unique_ptr<nbdcopy::Endpoint>> destination =
-      nbdcopy::Endpoint::Open(positional[2], nbdcopy::Side::kDestination, nbd_options);
+      nbdcopy::Endpoint::Open(positional[1], nbdcopy::Side::kDestination, nbd_options);
   if (!destination.ok()) return Fail(kExitFailure, destination.status());
 
   // One buffer per request the connections can have in flight.

@@ -19,9 +19,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
@@ -31,6 +28,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "nbdring/client.h"
+#include "tools/common/command_line.h"
 #include "nlohmann/json.hpp"
 
 ABSL_FLAG(bool, list, false, "List the server's exports (NBD_OPT_LIST) instead of describing one");
@@ -222,34 +220,28 @@ int DescribeExport(const nbdring::ClientOptions& options, bool json) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // --help lists flags from files named like the program; this one is nbd_info.cc, the
-  // program nbd-info, so say which files are ours.
-  absl::FlagsUsageConfig usage_config;
-  usage_config.contains_help_flags = [](absl::string_view path) {
-    return absl::StrContains(path, "tools/info/");
-  };
-  usage_config.contains_helpshort_flags = usage_config.contains_help_flags;
-  absl::SetFlagsUsageConfig(usage_config);
-  absl::SetProgramUsageMessage(
-      "shows an NBD export's size, flags, block sizes and meta contexts.\n"
-      "usage: nbd-info [--json] [--meta-context=NAME]... URI\n"
-      "       nbd-info [--json] --list URI");
   absl::StatusOr<std::vector<std::string>> meta_contexts =
       ExtractMetaContextArguments(&argc, argv);
   if (!meta_contexts.ok()) {
     std::fprintf(stderr, "nbd-info: %s\n", std::string(meta_contexts.status().message()).c_str());
-    return 2;
+    return nbdtools::kExitUsage;
   }
-  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
-  if (positional.size() != 2) {
+  const std::vector<std::string> positional = nbdtools::ParseToolCommandLine(
+      argc, argv,
+      {"nbd-info",
+       "shows an NBD export's size, flags, block sizes and meta contexts.\n"
+       "usage: nbd-info [--json] [--meta-context=NAME]... URI\n"
+       "       nbd-info [--json] --list URI",
+       "tools/info/"});
+  if (positional.size() != 1) {
     std::fprintf(stderr, "nbd-info: expected exactly one URI argument, got %zu (see --help)\n",
-                 positional.size() - 1);
-    return 2;
+                 positional.size());
+    return nbdtools::kExitUsage;
   }
   if (!meta_contexts->empty()) absl::SetFlag(&FLAGS_meta_context, *meta_contexts);
 
   nbdring::ClientOptions options;
-  options.uri = positional[1];
+  options.uri = positional[0];
   options.meta_contexts = absl::GetFlag(FLAGS_meta_context);
   bool json = absl::GetFlag(FLAGS_json);
   return absl::GetFlag(FLAGS_list) ? ListExports(options, json) : DescribeExport(options, json);
