@@ -8,12 +8,14 @@
 #include <mutex>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "nbd/errors.h"
 #include "nbdring/client.h"
@@ -101,7 +103,7 @@ bool CheckBuffer(const void* buffer, size_t count, const char* call) {
   return true;
 }
 
-int Sync(nbdring_client* client, const char* call, absl::Status status) {
+int Sync(const char* call, const absl::Status& status) {
   if (!status.ok()) return FailWith(status, call);
   return 0;
 }
@@ -208,6 +210,14 @@ int nbdring_options_set(nbdring_options* options, const char* key, const char* v
   } else if (name == "reconnect" || name == "structured_replies") {
     if (!ParseBool(value, &flag)) return bad_value("true or false");
     (name == "reconnect" ? o.reconnect : o.structured_replies) = flag;
+  } else if (name == "ring_cpus") {
+    std::vector<int> cpus;
+    for (absl::string_view part : absl::StrSplit(value, ',', absl::SkipEmpty())) {
+      int cpu = 0;
+      if (!absl::SimpleAtoi(part, &cpu) || cpu < 0) return bad_value("a list of CPUs like 0,2");
+      cpus.push_back(cpu);
+    }
+    o.ring_cpus = std::move(cpus);
   } else if (name == "meta_context") {
     if (*value == '\0') return bad_value("a context name such as base:allocation");
     o.meta_contexts.push_back(value);
@@ -273,7 +283,7 @@ int nbdring_pread(nbdring_client* client, void* buf, size_t count, uint64_t offs
     return -1;
   }
   if (flags > 0xffff) return Fail(EINVAL, "nbdring_pread: flags do not fit 16 bits");
-  return Sync(client, "nbdring_pread",
+  return Sync("nbdring_pread",
               client->client->PreadSync(buf, count, offset, static_cast<uint16_t>(flags)));
 }
 
@@ -284,34 +294,34 @@ int nbdring_pwrite(nbdring_client* client, const void* buf, size_t count, uint64
     return -1;
   }
   if (flags > 0xffff) return Fail(EINVAL, "nbdring_pwrite: flags do not fit 16 bits");
-  return Sync(client, "nbdring_pwrite",
+  return Sync("nbdring_pwrite",
               client->client->PwriteSync(buf, count, offset, static_cast<uint16_t>(flags)));
 }
 
 int nbdring_flush(nbdring_client* client, uint32_t flags) {
   if (!CheckClient(client, "nbdring_flush") || !CheckNotInCompletion("nbdring_flush")) return -1;
   if (flags != 0) return Fail(EINVAL, "nbdring_flush: flush takes no flags");
-  return Sync(client, "nbdring_flush", client->client->FlushSync());
+  return Sync("nbdring_flush", client->client->FlushSync());
 }
 
 int nbdring_trim(nbdring_client* client, uint64_t count, uint64_t offset, uint32_t flags) {
   if (!CheckClient(client, "nbdring_trim") || !CheckNotInCompletion("nbdring_trim")) return -1;
   if (flags > 0xffff) return Fail(EINVAL, "nbdring_trim: flags do not fit 16 bits");
-  return Sync(client, "nbdring_trim",
+  return Sync("nbdring_trim",
               client->client->TrimSync(count, offset, static_cast<uint16_t>(flags)));
 }
 
 int nbdring_zero(nbdring_client* client, uint64_t count, uint64_t offset, uint32_t flags) {
   if (!CheckClient(client, "nbdring_zero") || !CheckNotInCompletion("nbdring_zero")) return -1;
   if (flags > 0xffff) return Fail(EINVAL, "nbdring_zero: flags do not fit 16 bits");
-  return Sync(client, "nbdring_zero",
+  return Sync("nbdring_zero",
               client->client->WriteZeroesSync(count, offset, static_cast<uint16_t>(flags)));
 }
 
 int nbdring_cache(nbdring_client* client, uint64_t count, uint64_t offset, uint32_t flags) {
   if (!CheckClient(client, "nbdring_cache") || !CheckNotInCompletion("nbdring_cache")) return -1;
   if (flags != 0) return Fail(EINVAL, "nbdring_cache: cache takes no flags");
-  return Sync(client, "nbdring_cache", client->client->CacheSync(count, offset));
+  return Sync("nbdring_cache", client->client->CacheSync(count, offset));
 }
 
 int64_t nbdring_aio_pread(nbdring_client* client, void* buf, size_t count, uint64_t offset,

@@ -1,3 +1,4 @@
+#include <sched.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -170,6 +171,18 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
     return absl::InvalidArgumentError(absl::StrCat(
         "receive_buffer_bytes must be at least 4096, got ", options.receive_buffer_bytes));
   }
+  if (!options.ring_cpus.empty()) {
+    cpu_set_t allowed;
+    CPU_ZERO(&allowed);
+    if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) CPU_ZERO(&allowed);
+    for (int cpu : options.ring_cpus) {
+      if (cpu < 0 || cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &allowed)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "ring_cpus: CPU ", cpu, " is not one this process may run on (",
+            CPU_COUNT(&allowed), " allowed)"));
+      }
+    }
+  }
   int wanted_connections = std::max(options.connections, 1);
   int threads = std::max(options.threads, 1);
   if (wanted_connections > 1024 || threads > 256) {
@@ -280,6 +293,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   ring_options.close_timeout_ns =
       RingNanoseconds(options.close_timeout, /*zero_is_none=*/false, INT64_MAX);
   for (int t = 0; t < threads; ++t) {
+    ring_options.index = t;
+    ring_options.cpu = options.ring_cpus.empty()
+                           ? -1
+                           : options.ring_cpus[static_cast<size_t>(t) % options.ring_cpus.size()];
     auto ring = RingThread::Start(info, std::move(per_thread[t]), ring_options);
     if (!ring.ok()) return ring.status();
     impl.rings.push_back(*std::move(ring));

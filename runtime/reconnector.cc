@@ -1,6 +1,7 @@
 #include "runtime/reconnector.h"
 
 #include <poll.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -30,6 +31,7 @@ void Reconnector::Start(absl::Time deadline) {
 }
 
 void Reconnector::RunSeries(absl::Time deadline) {
+  pthread_setname_np(pthread_self(), "nbdring-reconn");
   absl::Duration backoff = absl::Milliseconds(100);
   std::optional<absl::StatusOr<Reconnected>> result;
   while (absl::Now() < deadline) {

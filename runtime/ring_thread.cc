@@ -1,5 +1,7 @@
 #include "runtime/ring_thread.h"
 
+#include <pthread.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -46,6 +48,20 @@ absl::StatusOr<std::unique_ptr<RingThread>> RingThread::Start(
 void RingThread::Run(const nbd::ExportInfo* info, std::vector<PendingConnection>* pending,
                      std::atomic<int>* started, absl::Status* start_status) {
   thread_id_ = std::this_thread::get_id();
+  pthread_setname_np(pthread_self(), absl::StrCat("nbdring-ring-", options_.index).c_str());
+  if (options_.cpu >= 0) {
+    cpu_set_t cpus;
+    CPU_ZERO(&cpus);
+    CPU_SET(options_.cpu, &cpus);
+    if (int error = pthread_setaffinity_np(pthread_self(), sizeof(cpus), &cpus); error != 0) {
+      *start_status = absl::InvalidArgumentError(absl::StrCat(
+          "ring_cpus: cannot pin ring thread ", options_.index, " to CPU ", options_.cpu, ": ",
+          std::strerror(error)));
+      started->store(1, std::memory_order_release);
+      started->notify_one();
+      return;
+    }
+  }
   // SINGLE_ISSUER/DEFER_TASKRUN rings belong to the thread that creates them.
   unsigned entries = 16;
   while (entries < 4 * pending->size() + 8) entries *= 2;

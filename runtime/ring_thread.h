@@ -43,6 +43,8 @@ struct RingOptions {
   uint32_t batch_min_in_flight = 0;
   // From the close request until connections still busy are abandoned (their requests fail).
   int64_t close_timeout_ns = INT64_MAX;
+  int index = 0;  // the thread is named "nbdring-ring-<index>"
+  int cpu = -1;   // pinned to this CPU; -1: not pinned
 };
 
 class RingThread {

@@ -39,7 +39,8 @@ typedef struct nbdring_options nbdring_options;
 /* Options, set by name. Keys: "connections", "threads", "inflight_limit",
  * "request_timeout_ms", "connect_timeout_ms", "close_timeout_ms", "reconnect" (true/false),
  * "reconnect_delay_ms", "completion_batch_delay_us", "structured_replies" (true/false),
- * "receive_buffer_bytes", "meta_context" (adds one, e.g. "base:allocation").
+ * "receive_buffer_bytes", "meta_context" (adds one, e.g. "base:allocation"), "ring_cpus"
+ * (CPUs to pin the ring threads "nbdring-ring-N" to, e.g. "0,2").
  * nbdring_options_set returns 0, or -1 for an unknown key or a bad value. */
 nbdring_options *nbdring_options_create(void);
 int nbdring_options_set(nbdring_options *options, const char *key, const char *value);

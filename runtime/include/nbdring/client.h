@@ -62,8 +62,12 @@ struct ClientOptions {
   // Connections to open. More than one only if the server advertises CAN_MULTI_CONN; the
   // client then says so in Client::notes(). 0 means 1.
   int connections = 1;
-  // Ring threads; connections are spread over them round-robin. 0 means 1.
+  // Ring threads; connections are spread over them round-robin. 0 means 1. They are named
+  // "nbdring-ring-N" (N from 0), as ps and top show them.
   int threads = 1;
+  // CPUs to pin the ring threads to: ring N runs on ring_cpus[N % ring_cpus.size()]. Empty:
+  // not pinned. A CPU this process may not use fails Connect with InvalidArgument.
+  std::vector<int> ring_cpus;
   // Requests in flight per connection (the in-flight table's capacity). Further requests
   // wait in a queue and go out as slots free.
   uint32_t inflight_limit = 64;
