@@ -95,6 +95,16 @@ bool CheckNotInCompletion(const char* call) {
   return true;
 }
 
+// NBD request flags are 16 bits wide.
+bool CheckFlags(uint32_t flags, const char* call) {
+  if (flags > 0xffff) {
+    Fail(EINVAL, absl::StrCat(call, ": flags 0x", absl::Hex(flags),
+                              " do not fit NBD's 16-bit flags"));
+    return false;
+  }
+  return true;
+}
+
 bool CheckBuffer(const void* buffer, size_t count, const char* call) {
   if (buffer == nullptr && count > 0) {
     Fail(EFAULT, absl::StrCat(call, ": buffer is NULL"));
@@ -112,8 +122,7 @@ int64_t SubmitAio(nbdring_client* client, const char* call, nbd::Command command
                   void* buffer, uint64_t count, uint64_t offset, uint32_t flags,
                   nbdring_completion completion, void* user_data) {
   if (!CheckClient(client, call)) return -1;
-  if (flags > 0xffff) return Fail(EINVAL, absl::StrCat(call, ": flags 0x", absl::Hex(flags),
-                                                       " do not fit NBD's 16-bit flags"));
+  if (!CheckFlags(flags, call)) return -1;
   auto request = std::make_unique<AioRequest>();
   request->command = command;
   request->flags = static_cast<uint16_t>(flags);
@@ -138,14 +147,12 @@ int64_t SubmitAio(nbdring_client* client, const char* call, nbd::Command command
   AioRequest* submitted = request.release();  // owned by OnAioComplete from here
   const uint64_t submission = client->client->Submit(submitted);
   // `submitted` may have completed and been freed already: only the table is consulted.
-  bool cancel = false;
   {
     std::lock_guard<std::mutex> lock(client->mutex);
     auto it = client->in_flight.find(cookie);
     if (it != client->in_flight.end()) {
       it->second->submission = submission;
-      cancel = it->second->cancel_requested;
-      if (cancel) client->client->Cancel(it->second, submission);
+      if (it->second->cancel_requested) client->client->Cancel(it->second, submission);
     }
   }
   return cookie;
@@ -282,7 +289,7 @@ int nbdring_pread(nbdring_client* client, void* buf, size_t count, uint64_t offs
       !CheckBuffer(buf, count, "nbdring_pread")) {
     return -1;
   }
-  if (flags > 0xffff) return Fail(EINVAL, "nbdring_pread: flags do not fit 16 bits");
+  if (!CheckFlags(flags, "nbdring_pread")) return -1;
   return Sync("nbdring_pread",
               client->client->PreadSync(buf, count, offset, static_cast<uint16_t>(flags)));
 }
@@ -293,7 +300,7 @@ int nbdring_pwrite(nbdring_client* client, const void* buf, size_t count, uint64
       !CheckBuffer(buf, count, "nbdring_pwrite")) {
     return -1;
   }
-  if (flags > 0xffff) return Fail(EINVAL, "nbdring_pwrite: flags do not fit 16 bits");
+  if (!CheckFlags(flags, "nbdring_pwrite")) return -1;
   return Sync("nbdring_pwrite",
               client->client->PwriteSync(buf, count, offset, static_cast<uint16_t>(flags)));
 }
@@ -306,14 +313,14 @@ int nbdring_flush(nbdring_client* client, uint32_t flags) {
 
 int nbdring_trim(nbdring_client* client, uint64_t count, uint64_t offset, uint32_t flags) {
   if (!CheckClient(client, "nbdring_trim") || !CheckNotInCompletion("nbdring_trim")) return -1;
-  if (flags > 0xffff) return Fail(EINVAL, "nbdring_trim: flags do not fit 16 bits");
+  if (!CheckFlags(flags, "nbdring_trim")) return -1;
   return Sync("nbdring_trim",
               client->client->TrimSync(count, offset, static_cast<uint16_t>(flags)));
 }
 
 int nbdring_zero(nbdring_client* client, uint64_t count, uint64_t offset, uint32_t flags) {
   if (!CheckClient(client, "nbdring_zero") || !CheckNotInCompletion("nbdring_zero")) return -1;
-  if (flags > 0xffff) return Fail(EINVAL, "nbdring_zero: flags do not fit 16 bits");
+  if (!CheckFlags(flags, "nbdring_zero")) return -1;
   return Sync("nbdring_zero",
               client->client->WriteZeroesSync(count, offset, static_cast<uint16_t>(flags)));
 }

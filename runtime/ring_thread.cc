@@ -288,17 +288,17 @@ void RingThread::Loop() {
     uint32_t in_flight = 0;
     unsigned sends = 0;
     bool large_payload = false;
+    uint64_t replies = 0;  // received so far; only the batching window reads it
     for (const std::unique_ptr<Connection>& connection : connections_) {
       in_flight += connection->in_flight();
       sends += connection->send_in_flight() ? 1 : 0;
       large_payload = large_payload || connection->large_payload_in_flight();
-    }
-    if (batch_window_.enabled()) {
-      uint64_t replies = 0;
-      for (const std::unique_ptr<Connection>& connection : connections_) {
+      if (batch_window_.enabled()) {
         replies += connection->counters().wire_requests.load(std::memory_order_relaxed) -
                    connection->in_flight();
       }
+    }
+    if (batch_window_.enabled()) {
       batch_window_.Observe(replies, now, ThreadCpuNanoseconds);
       // After a window that ended empty, wait for the first completion instead: a second
       // empty window would only add an io_uring_enter. Large payloads are never batched:
