@@ -46,6 +46,7 @@ struct ExportInfo {
   ReplyMode reply_mode = ReplyMode::kSimple;
   std::vector<MetaContext> meta_contexts;
   bool oldstyle = false;  // the server spoke oldstyle negotiation
+  bool tls = false;       // negotiated inside TLS (NBD_OPT_STARTTLS)
 
   bool has_flag(uint16_t flag) const { return (transmission_flags & flag) != 0; }
   bool read_only() const { return has_flag(kFlagReadOnly); }

@@ -256,6 +256,7 @@ absl::StatusOr<size_t> Handshake::Feed(absl::Span<const uint8_t> input) {
 void Handshake::TlsEstablished() {
   if (state_ != State::kStartTls) return;
   tls_active_ = true;
+  info_.tls = true;
   state_ = State::kRunning;
   absl::Status status = SendNextOption();
   if (!status.ok()) Fail(std::move(status)).IgnoreError();  // the next Feed() returns it

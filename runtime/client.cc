@@ -17,6 +17,8 @@
 #include "runtime/operation_state.h"
 #include "runtime/ring_thread.h"
 #include "runtime/socket.h"
+#include "runtime/tls_context.h"
+#include "runtime/tls_session.h"
 
 namespace nbdring {
 
@@ -50,10 +52,75 @@ absl::StatusOr<nbd::NbdUri> ResolveAddress(const ClientOptions& options) {
   return nbd::ParseNbdUri(options.uri);
 }
 
+// What TLS a client uses, decided once from its options and URI.
+struct TlsPlan {
+  nbd::HandshakeOptions::Tls mode = nbd::HandshakeOptions::Tls::kDisable;
+  std::shared_ptr<const TlsContext> context;  // null when mode is kDisable
+};
+
+absl::StatusOr<TlsPlan> PlanTls(const ClientOptions& options, const nbd::NbdUri& address) {
+  using Tls = nbd::HandshakeOptions::Tls;
+  TlsPlan plan;
+  switch (options.tls) {
+    case ClientOptions::Tls::kDefault:
+      plan.mode = address.tls ? Tls::kRequire : Tls::kDisable;
+      break;
+    case ClientOptions::Tls::kDisable:
+      if (address.tls) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            address.ToString(), " requires TLS (nbds), but the options disable it"));
+      }
+      plan.mode = Tls::kDisable;
+      break;
+    case ClientOptions::Tls::kAllow:
+      plan.mode = address.tls ? Tls::kRequire : Tls::kAllow;
+      break;
+    case ClientOptions::Tls::kRequire:
+      plan.mode = Tls::kRequire;
+      break;
+  }
+  if (plan.mode == Tls::kDisable) return plan;
+  auto from_uri = [&](const std::string& field, const char* key) {
+    if (!field.empty()) return field;
+    auto found = address.tls_options.find(key);
+    return found == address.tls_options.end() ? std::string() : found->second;
+  };
+  TlsSettings settings;
+  settings.certificates_dir = from_uri(options.tls_certificates, "tls-certificates");
+  settings.psk_file = from_uri(options.tls_psk_file, "tls-psk-file");
+  settings.username = from_uri(options.tls_username, "tls-username");
+  settings.hostname = from_uri(options.tls_hostname, "tls-hostname");
+  if (settings.hostname.empty() && address.transport == nbd::NbdUri::Transport::kTcp) {
+    settings.hostname = address.host.empty() ? "localhost" : address.host;
+  }
+  auto verify = address.tls_options.find("tls-verify-peer");
+  settings.verify_peer =
+      options.tls_verify_peer && (verify == address.tls_options.end() || verify->second != "0");
+  auto type = address.tls_options.find("tls-type");
+  if (type != address.tls_options.end()) {
+    if (type->second == "anon") {
+      return absl::InvalidArgumentError(
+          "tls-type=anon (TLS without authentication) is not supported: use x509 or psk");
+    }
+    if (type->second == "psk" && settings.psk_file.empty()) {
+      return absl::InvalidArgumentError("tls-type=psk needs tls-psk-file");
+    }
+    if (type->second == "x509" && !settings.psk_file.empty()) {
+      return absl::InvalidArgumentError("tls-type=x509 conflicts with tls-psk-file");
+    }
+  }
+  auto context = TlsContext::Create(settings);
+  if (!context.ok()) return context.status();
+  plan.context = *std::move(context);
+  return plan;
+}
+
 nbd::HandshakeOptions MakeHandshakeOptions(const ClientOptions& options,
                                            const nbd::NbdUri& address,
-                                           nbd::HandshakeOptions::Goal goal) {
+                                           nbd::HandshakeOptions::Goal goal,
+                                           const TlsPlan& tls) {
   nbd::HandshakeOptions handshake;
+  handshake.tls = tls.mode;
   handshake.goal = goal;
   handshake.export_name = address.export_name;
   handshake.structured_replies = options.structured_replies;
@@ -65,6 +132,7 @@ nbd::HandshakeOptions MakeHandshakeOptions(const ClientOptions& options,
 
 struct Negotiated {
   FileDescriptor fd;
+  std::unique_ptr<TlsSession> tls;  // null for plain text
   nbd::ExportInfo info;
   std::vector<nbd::ExportListing> exports;
   std::vector<std::string> meta_contexts;
@@ -73,18 +141,19 @@ struct Negotiated {
 absl::StatusOr<Negotiated> OpenAndNegotiate(const ClientOptions& options,
                                             const nbd::NbdUri& address,
                                             nbd::HandshakeOptions::Goal goal,
-                                            int abort_fd = -1) {
+                                            const TlsPlan& tls, int abort_fd = -1) {
   absl::Time deadline = absl::Now() + options.connect_timeout;
   auto fd = ConnectTo(address, deadline, abort_fd);
   if (!fd.ok()) return fd.status();
-  nbd::Handshake handshake(MakeHandshakeOptions(options, address, goal));
-  absl::Status status = RunHandshake(fd->get(), handshake, deadline, abort_fd);
+  nbd::Handshake handshake(MakeHandshakeOptions(options, address, goal, tls));
+  std::unique_ptr<TlsSession> session;
+  absl::Status status = RunHandshake(fd->get(), handshake, deadline, abort_fd, tls.context, &session);
   if (!status.ok()) {
     return absl::Status(status.code(), absl::StrCat("handshake with ", address.ToString(),
                                                     " failed: ", status.message()));
   }
-  Negotiated negotiated{*std::move(fd), handshake.export_info(), handshake.exports(),
-                        handshake.listed_meta_contexts()};
+  Negotiated negotiated{*std::move(fd), std::move(session), handshake.export_info(),
+                        handshake.exports(), handshake.listed_meta_contexts()};
   return negotiated;
 }
 
@@ -197,11 +266,20 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   impl.options = options;
   impl.address_text = address->ToString();
 
+  auto tls = PlanTls(options, *address);
+  if (!tls.ok()) return tls.status();
   std::vector<Reconnected> sockets;
-  auto first = OpenAndNegotiate(options, *address, nbd::HandshakeOptions::Goal::kTransmission);
+  auto first =
+      OpenAndNegotiate(options, *address, nbd::HandshakeOptions::Goal::kTransmission, *tls);
   if (!first.ok()) return first.status();
   client->info_ = first->info;
-  sockets.push_back({std::move(first->fd), first->info});
+  if (first->tls != nullptr) {
+    client->notes_.push_back(absl::StrCat(tls->context->description(), ": ",
+                                          first->tls->description()));
+  } else if (tls->mode != nbd::HandshakeOptions::Tls::kDisable) {
+    client->notes_.push_back("TLS allowed but not used: the server did not agree to STARTTLS");
+  }
+  sockets.push_back({std::move(first->fd), std::move(first->tls), first->info});
   const ExportInfo& info = client->info_;
   for (const std::string& context : options.meta_contexts) {
     if (info.FindMetaContext(context) == nullptr) {
@@ -218,7 +296,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
     connections = 1;
   }
   for (int i = 1; i < connections; ++i) {
-    auto more = OpenAndNegotiate(options, *address, nbd::HandshakeOptions::Goal::kTransmission);
+    auto more =
+        OpenAndNegotiate(options, *address, nbd::HandshakeOptions::Goal::kTransmission, *tls);
     if (!more.ok()) {
       return absl::Status(more.status().code(), absl::StrCat("connection ", i + 1, " of ",
                                                              connections, ": ",
@@ -233,7 +312,12 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
           info.size, " flags 0x", absl::Hex(info.transmission_flags), ", ",
           info.meta_contexts.size(), " meta context(s))"));
     }
-    sockets.push_back({std::move(more->fd), more->info});
+    if ((more->tls != nullptr) != info.tls) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "connection ", i + 1, " negotiated ", more->tls != nullptr ? "with" : "without",
+          " TLS, unlike connection 1"));
+    }
+    sockets.push_back({std::move(more->fd), std::move(more->tls), more->info});
   }
   threads = std::min(threads, connections);
   impl.connection_count = connections;
@@ -262,13 +346,13 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
     if (options.reconnect) {
       connection_options.reconnect_delay_ns =
           RingNanoseconds(options.reconnect_delay, /*zero_is_none=*/false, INT64_MAX);
-      connection_options.reconnect = [options, address = *address, info](
+      connection_options.reconnect = [options, address = *address, info, tls = *tls](
                                          absl::Time deadline,
                                          int abort_fd) -> absl::StatusOr<Reconnected> {
         ClientOptions attempt = options;
         attempt.connect_timeout = std::min(options.connect_timeout, deadline - absl::Now());
-        auto negotiated = OpenAndNegotiate(attempt, address,
-                                           nbd::HandshakeOptions::Goal::kTransmission, abort_fd);
+        auto negotiated = OpenAndNegotiate(
+            attempt, address, nbd::HandshakeOptions::Goal::kTransmission, tls, abort_fd);
         if (!negotiated.ok()) return negotiated.status();
         const ExportInfo& again = negotiated->info;
         if (again.size != info.size || again.transmission_flags != info.transmission_flags ||
@@ -277,11 +361,16 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
               "the server offers a different export after reconnecting (size, flags, reply "
               "mode or meta contexts changed)");
         }
-        return Reconnected{std::move(negotiated->fd), again};
+        if ((negotiated->tls != nullptr) != info.tls) {
+          return absl::FailedPreconditionError(
+              "the server's TLS support changed after reconnecting");
+        }
+        return Reconnected{std::move(negotiated->fd), std::move(negotiated->tls), again};
       };
     }
     per_thread[i % threads].push_back(
-        {std::move(sockets[i].fd), std::move(sockets[i].info), std::move(connection_options)});
+        {std::move(sockets[i].fd), std::move(sockets[i].tls), std::move(sockets[i].info),
+         std::move(connection_options)});
   }
   RingOptions ring_options;
   if (request_timeout_ns > 0) {
@@ -603,21 +692,31 @@ absl::Status Client::BlockStatusSync(
 absl::StatusOr<ExportQuery> QueryExport(const ClientOptions& options) {
   auto address = ResolveAddress(options);
   if (!address.ok()) return address.status();
+  auto tls = PlanTls(options, *address);
+  if (!tls.ok()) return tls.status();
   // NBD_OPT_GO rather than NBD_OPT_INFO: some servers (nbd-server 3.24) answer INFO with
   // size 0, and oldstyle servers have no options at all. NBD_CMD_DISC then ends politely.
   auto negotiated =
-      OpenAndNegotiate(options, *address, nbd::HandshakeOptions::Goal::kTransmission);
+      OpenAndNegotiate(options, *address, nbd::HandshakeOptions::Goal::kTransmission, *tls);
   if (!negotiated.ok()) return negotiated.status();
   uint8_t disconnect[nbd::kExtendedRequestSize];
   nbd::RequestHeader header;
   header.command = Command::kDisc;
   size_t size = nbd::EncodeRequest(header, negotiated->info.extended_headers(), disconnect);
-  [[maybe_unused]] ssize_t sent = send(negotiated->fd.get(), disconnect, size, MSG_NOSIGNAL);
+  absl::Span<const uint8_t> farewell(disconnect, size);
+  std::vector<uint8_t> sealed;
+  if (negotiated->tls != nullptr && negotiated->tls->Seal(farewell).ok()) {
+    negotiated->tls->Close();
+    negotiated->tls->TakeOutput(&sealed);
+    farewell = sealed;
+  }
+  [[maybe_unused]] ssize_t sent =
+      send(negotiated->fd.get(), farewell.data(), farewell.size(), MSG_NOSIGNAL);
   ExportQuery query;
   query.info = negotiated->info;
   if (!options.meta_contexts.empty() && options.structured_replies) {
-    auto contexts =
-        OpenAndNegotiate(options, *address, nbd::HandshakeOptions::Goal::kListMetaContexts);
+    auto contexts = OpenAndNegotiate(options, *address,
+                                     nbd::HandshakeOptions::Goal::kListMetaContexts, *tls);
     if (!contexts.ok()) return contexts.status();
     query.available_meta_contexts = contexts->meta_contexts;
   }
@@ -627,7 +726,10 @@ absl::StatusOr<ExportQuery> QueryExport(const ClientOptions& options) {
 absl::StatusOr<std::vector<nbd::ExportListing>> ListExports(const ClientOptions& options) {
   auto address = ResolveAddress(options);
   if (!address.ok()) return address.status();
-  auto negotiated = OpenAndNegotiate(options, *address, nbd::HandshakeOptions::Goal::kList);
+  auto tls = PlanTls(options, *address);
+  if (!tls.ok()) return tls.status();
+  auto negotiated =
+      OpenAndNegotiate(options, *address, nbd::HandshakeOptions::Goal::kList, *tls);
   if (!negotiated.ok()) return negotiated.status();
   return negotiated->exports;
 }

@@ -14,10 +14,12 @@
 
 namespace nbdring {
 
-Connection::Connection(Ring* ring, FileDescriptor fd, const nbd::ExportInfo& info,
+Connection::Connection(Ring* ring, FileDescriptor fd, std::unique_ptr<TlsSession> tls,
+                       const nbd::ExportInfo& info,
                        std::vector<nbd::MetaContext> client_contexts, ConnectionOptions options)
     : ring_(ring),
       fd_(std::move(fd)),
+      tls_(std::move(tls)),
       options_(std::move(options)),
       extended_headers_(info.extended_headers()),
       table_(options_.inflight_limit),
@@ -29,6 +31,8 @@ Connection::Connection(Ring* ring, FileDescriptor fd, const nbd::ExportInfo& inf
   headers_ = std::make_unique<uint8_t[]>((options_.inflight_limit + 1) * nbd::kExtendedRequestSize);
   iovecs_.resize(2 * options_.inflight_limit + 2);
   receive_buffer_ = std::make_unique<uint8_t[]>(options_.receive_buffer_bytes);
+  // Every later session (after a reconnect) is TLS too: the export did not change.
+  if (tls_ != nullptr) plaintext_ = std::make_unique<uint8_t[]>(kTlsPlaintextBytes);
   send_completion_.handler = &Connection::OnSend;
   send_completion_.owner = this;
   receive_completion_.handler = &Connection::OnReceive;
@@ -106,6 +110,7 @@ void Connection::StartReconnecting() {
   receive_direct_ = false;
   receive_direct_operation_ = nullptr;
   fd_ = FileDescriptor();
+  tls_.reset();
   state_ = State::kReconnecting;
   reconnector_->Start(absl::Now() + absl::Nanoseconds(options_.reconnect_delay_ns));
 }
@@ -125,11 +130,12 @@ void Connection::PollReconnect() {
     return;
   }
   fd_ = std::move((*result)->fd);
+  tls_ = std::move((*result)->tls);
   AdoptMetaContexts((*result)->info);
   state_ = State::kOpen;
   failure_ = absl::OkStatus();
   Increment(counters_.reconnects);
-  ArmReceive();
+  Start();
 }
 
 void Connection::StopReconnecting() {
@@ -143,7 +149,12 @@ void Connection::StopReconnecting() {
   MaybeFinishDying();
 }
 
-void Connection::Start() { ArmReceive(); }
+void Connection::Start() {
+  // Records that arrived with the end of the handshake come first (a conforming server sends
+  // nothing before our first request, so this is about parsing a misbehaving one's bytes).
+  if (tls_ != nullptr && tls_->has_pending_input()) ProcessCiphertext({});
+  if (state_ == State::kOpen) ArmReceive();
+}
 
 bool Connection::Cancel(Operation* operation, uint64_t submission) {
   // Find it by address first; only an Operation this connection holds may be dereferenced.

@@ -27,6 +27,12 @@
 // replies; when the parser is inside a read payload of at least direct_receive_bytes, the recv
 // targets the caller's buffer instead (MSG_WAITALL), so large reads are never copied.
 //
+// TLS: with a session, the chain sends what StageBatch sealed (the batch's headers and
+// payloads corked into as few records as fit, copied, so the caller's write buffer is free
+// once sealed) and every recv carries ciphertext into receive_buffer_, which is opened record
+// by record: small replies into plaintext_ and through the parser, a read payload straight
+// into the caller's buffer. No recv ever targets a caller's buffer then.
+//
 // Failure: the first fatal error (server closed, socket error, protocol violation, timeout)
 // moves the connection to kDying. The socket is shut down so the kernel finishes our pending
 // recv/send promptly; once none is left in the kernel (so no kernel write can land in a
@@ -53,6 +59,7 @@
 #include "runtime/reconnector.h"
 #include "runtime/ring.h"
 #include "runtime/socket.h"
+#include "runtime/tls_session.h"
 
 namespace nbdring {
 
@@ -95,7 +102,8 @@ class Connection : private nbd::RequestLookup {
   // `info` is what this connection negotiated; `client_contexts` the meta contexts as the
   // client reports them (connection 1's ids). The server may number contexts differently on
   // each connection (and after a reconnect): extents are reported under the client's id.
-  Connection(Ring* ring, FileDescriptor fd, const nbd::ExportInfo& info,
+  Connection(Ring* ring, FileDescriptor fd, std::unique_ptr<TlsSession> tls,
+             const nbd::ExportInfo& info,
              std::vector<nbd::MetaContext> client_contexts, ConnectionOptions options);
   ~Connection() override;
 
@@ -160,17 +168,24 @@ class Connection : private nbd::RequestLookup {
     absl::Status deferred_status;
   };
 
+  // The most plaintext one TLS record carries.
+  static constexpr size_t kTlsPlaintextBytes = 16 * 1024;
+
   // Every in-use slot leaves the table through here.
   void ReleaseSlot(uint64_t cookie, Slot* slot);
 
   nbd::InflightRequest* Find(uint64_t cookie) override;
 
   void StageBatch();
+  // Seals the staged iovecs when TLS is on (they become one iovec of records), then posts.
+  void SealAndPost();
   void PostSend();
   static void OnSend(IoCompletion* completion);
   void ArmReceive();
   static void OnReceive(IoCompletion* completion);
   void ProcessInput(absl::Span<const uint8_t> input);
+  // TLS: opens every record in `ciphertext` (and any the session holds) into the parser.
+  void ProcessCiphertext(absl::Span<const uint8_t> ciphertext);
   void FinishSlot(uint64_t cookie, Slot* slot, const absl::Status& status);
   void CompleteSlot(uint64_t cookie, Slot* slot, const absl::Status& status);
   void CompleteDeferredSlots();
@@ -189,6 +204,7 @@ class Connection : private nbd::RequestLookup {
 
   Ring* ring_;
   FileDescriptor fd_;
+  std::unique_ptr<TlsSession> tls_;  // null for plain text
   ConnectionOptions options_;
   bool extended_headers_;
   State state_ = State::kOpen;
@@ -208,6 +224,7 @@ class Connection : private nbd::RequestLookup {
   bool disconnect_sent_ = false;
   std::unique_ptr<uint8_t[]> headers_;
   std::vector<iovec> iovecs_;
+  std::vector<uint8_t> sealed_;  // TLS records of the batch in the kernel
   size_t iovec_first_ = 0;  // first iovec not completely sent
   size_t iovec_count_ = 0;
   msghdr message_{};
@@ -221,6 +238,7 @@ class Connection : private nbd::RequestLookup {
   IoCompletion receive_completion_;
   IoCompletion cancel_completion_;
   std::unique_ptr<uint8_t[]> receive_buffer_;
+  std::unique_ptr<uint8_t[]> plaintext_;  // TLS: one opened record
   bool receive_direct_ = false;
   Operation* receive_direct_operation_ = nullptr;  // whose buffer the armed recv fills
   nbd::ReplyParser parser_;

@@ -51,7 +51,8 @@ nbd::InflightRequest* Connection::Find(uint64_t cookie) {
 void Connection::ArmReceive() {
   nbd::ReplyParser::PayloadTarget target;
   io_uring_sqe* sqe = ring_->Prepare(&receive_completion_);
-  if (parser_.payload_target(&target) && target.remaining >= options_.direct_receive_bytes &&
+  if (tls_ == nullptr && parser_.payload_target(&target) &&
+      target.remaining >= options_.direct_receive_bytes &&
       static_cast<Slot*>(target.request)->operation != nullptr) {
     auto* slot = static_cast<Slot*>(target.request);
     uint8_t* destination = static_cast<uint8_t*>(slot->operation->buffer) + slot->part_offset +
@@ -63,7 +64,7 @@ void Connection::ArmReceive() {
   } else {
     // While a large read may be next on the wire, take little beyond its header here, so
     // its payload lands in the caller's buffer instead of being copied out of this one.
-    const uint32_t length = large_payloads_in_flight_ > 0
+    const uint32_t length = large_payloads_in_flight_ > 0 && tls_ == nullptr
                                 ? std::min(options_.receive_buffer_bytes, kLargePayloadStagingBytes)
                                 : options_.receive_buffer_bytes;
     io_uring_prep_recv(sqe, fd_.get(), receive_buffer_.get(), length, 0);
@@ -108,11 +109,46 @@ void Connection::OnReceive(IoCompletion* completion) {
     Increment(self->counters_.bytes_read, static_cast<uint64_t>(result));
     self->parser_.PayloadReceivedDirectly(static_cast<uint64_t>(result));
     self->ProcessInput({});
+  } else if (self->tls_ != nullptr) {
+    self->ProcessCiphertext(
+        absl::MakeConstSpan(self->receive_buffer_.get(), static_cast<size_t>(result)));
   } else {
     self->ProcessInput(absl::MakeConstSpan(self->receive_buffer_.get(), static_cast<size_t>(result)));
   }
   if (self->state_ == State::kOpen || self->state_ == State::kDisconnecting) self->ArmReceive();
   if (!self->cancelled_.empty()) self->CompleteCancelled();
+}
+
+void Connection::ProcessCiphertext(absl::Span<const uint8_t> ciphertext) {
+  while (state_ == State::kOpen || state_ == State::kDisconnecting) {
+    // Inside a read payload, records open straight into the caller's buffer.
+    nbd::ReplyParser::PayloadTarget target;
+    uint8_t* destination = plaintext_.get();
+    size_t capacity = kTlsPlaintextBytes;
+    bool direct = false;
+    if (parser_.payload_target(&target) && target.remaining > 0 &&
+        static_cast<Slot*>(target.request)->operation != nullptr) {
+      auto* slot = static_cast<Slot*>(target.request);
+      destination = static_cast<uint8_t*>(slot->operation->buffer) + slot->part_offset +
+                    target.buffer_offset;
+      capacity = static_cast<size_t>(std::min(target.remaining, kMaxDirectReceive));
+      direct = true;
+    }
+    absl::StatusOr<size_t> opened = tls_->Open(destination, capacity, &ciphertext);
+    if (!opened.ok()) {
+      Fail(absl::Status(opened.status().code(),
+                        absl::StrCat(options_.description, ": ", opened.status().message())));
+      return;
+    }
+    if (*opened == 0) return;  // every record so far is open
+    if (direct) {
+      Increment(counters_.bytes_read, *opened);
+      parser_.PayloadReceivedDirectly(*opened);
+      ProcessInput({});
+    } else {
+      ProcessInput(absl::MakeConstSpan(destination, *opened));
+    }
+  }
 }
 
 void Connection::ProcessInput(absl::Span<const uint8_t> input) {

@@ -64,8 +64,32 @@ void Connection::Flush() {
     iovec_first_ = 0;
     iovec_count_ = 1;
     disconnect_sent_ = true;
-    PostSend();
+    if (tls_ != nullptr) tls_->Close();  // close_notify follows NBD_CMD_DISC
+    SealAndPost();
   }
+  // Records the session wrote on its own while opening (a TLS 1.3 key update answer).
+  if (!send_in_flight_ && tls_ != nullptr && tls_->has_output() &&
+      (state_ == State::kOpen || state_ == State::kDisconnecting)) {
+    iovec_first_ = 0;
+    iovec_count_ = 0;
+    SealAndPost();
+  }
+}
+
+void Connection::SealAndPost() {
+  if (tls_ != nullptr) {
+    absl::Status sealed =
+        tls_->Seal(absl::MakeConstSpan(&iovecs_[iovec_first_], iovec_count_ - iovec_first_));
+    if (!sealed.ok()) {
+      Fail(absl::Status(sealed.code(), absl::StrCat(options_.description, ": ", sealed.message())));
+      return;
+    }
+    tls_->TakeOutput(&sealed_);
+    iovecs_[0] = {sealed_.data(), sealed_.size()};
+    iovec_first_ = 0;
+    iovec_count_ = 1;
+  }
+  PostSend();
 }
 
 void Connection::StageBatch() {
@@ -151,7 +175,7 @@ void Connection::StageBatch() {
       queued_bytes_ -= std::min(queued_bytes_, rest);
     }
   }
-  if (iovec_count_ > 0) PostSend();
+  if (iovec_count_ > 0) SealAndPost();
 }
 
 void Connection::PostSend() {

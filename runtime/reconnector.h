@@ -10,6 +10,7 @@
 #define NBDRING_RUNTIME_RECONNECTOR_H_
 
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -18,12 +19,14 @@
 #include "absl/time/time.h"
 #include "nbd/export_info.h"
 #include "runtime/socket.h"
+#include "runtime/tls_session.h"
 
 namespace nbdring {
 
 // A new socket to the same export, negotiated, and what it negotiated.
 struct Reconnected {
   FileDescriptor fd;
+  std::unique_ptr<TlsSession> tls;  // null for plain text
   nbd::ExportInfo info;
 };
 

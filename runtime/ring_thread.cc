@@ -75,9 +75,9 @@ void RingThread::Run(const nbd::ExportInfo* info, std::vector<PendingConnection>
   ring_ = *std::move(ring);
   for (PendingConnection& connection : *pending) {
     if (connection.options.reconnect) connection.options.wake_ring = [this] { Wake(); };
-    connections_.push_back(std::make_unique<Connection>(ring_.get(), std::move(connection.fd),
-                                                        connection.info, info->meta_contexts,
-                                                        std::move(connection.options)));
+    connections_.push_back(std::make_unique<Connection>(
+        ring_.get(), std::move(connection.fd), std::move(connection.tls), connection.info,
+        info->meta_contexts, std::move(connection.options)));
     connections_.back()->Start();
   }
   wakeup_completion_.handler = &RingThread::OnWakeup;

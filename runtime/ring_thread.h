@@ -33,6 +33,7 @@ namespace nbdring {
 
 struct PendingConnection {
   FileDescriptor fd;
+  std::unique_ptr<TlsSession> tls;  // null for plain text
   nbd::ExportInfo info;  // what this connection negotiated
   ConnectionOptions options;
 };

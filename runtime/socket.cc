@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -121,11 +122,6 @@ FileDescriptor::~FileDescriptor() {
 
 absl::StatusOr<FileDescriptor> ConnectTo(const nbd::NbdUri& address, absl::Time deadline,
                                          int abort_fd) {
-  if (address.tls) {
-    return absl::UnimplementedError(absl::StrCat(
-        "TLS (", address.ToString(), ") is not supported by this build of nbdring yet; "
-        "use an nbd:// or nbd+unix:// URI"));
-  }
   switch (address.transport) {
     case nbd::NbdUri::Transport::kUnix: {
       sockaddr_un unix_address{};
@@ -179,64 +175,162 @@ absl::StatusOr<FileDescriptor> ConnectTo(const nbd::NbdUri& address, absl::Time 
   return absl::InvalidArgumentError("unknown transport");
 }
 
-absl::Status RunHandshake(int fd, nbd::Handshake& handshake, absl::Time deadline,
-                          int abort_fd) {
-  std::vector<uint8_t> buffer;
-  auto send_output = [&]() -> absl::Status {
-    while (!handshake.output().empty()) {
-      absl::Span<const uint8_t> output = handshake.output();
-      ssize_t sent = send(fd, output.data(), output.size(), MSG_NOSIGNAL);
+namespace {
+
+// The byte stream under the handshake: the socket itself, and after STARTTLS the TLS session
+// on it. Every wait is bounded by the deadline and watches abort_fd.
+class HandshakeStream {
+ public:
+  HandshakeStream(int fd, absl::Time deadline, int abort_fd)
+      : fd_(fd), deadline_(deadline), abort_fd_(abort_fd) {}
+
+  absl::Status Send(absl::Span<const uint8_t> bytes) {
+    if (tls_ == nullptr) return SendRaw(bytes);
+    absl::Status sealed = tls_->Seal(bytes);
+    if (!sealed.ok()) return sealed;
+    return SendTlsOutput();
+  }
+
+  // Up to `wanted` bytes of the server's stream (at least one).
+  absl::StatusOr<size_t> Receive(uint8_t* buffer, size_t wanted) {
+    if (tls_ == nullptr) return ReceiveRaw(buffer, wanted, "waiting for the server's handshake reply");
+    while (true) {
+      auto opened = tls_->Open(buffer, wanted, &cipher_input_);
+      if (!opened.ok()) return opened.status();
+      if (*opened > 0) return opened;
+      absl::Status received = ReceiveCiphertext("waiting for the server's reply over TLS");
+      if (!received.ok()) return received;
+    }
+  }
+
+  // STARTTLS was acknowledged: the next bytes both ways are the TLS handshake. Bytes the
+  // server sent after its acknowledgement are still in the socket (the NBD handshake reads
+  // exactly what it needs), so they reach GnuTLS as handshake records, never as protected
+  // data: injected plaintext breaks the handshake.
+  absl::Status StartTls(const std::shared_ptr<const TlsContext>& context) {
+    if (context == nullptr) {
+      return absl::InternalError("the server agreed to STARTTLS, which was not asked for");
+    }
+    auto session = TlsSession::Create(context);
+    if (!session.ok()) return session.status();
+    tls_ = *std::move(session);
+    while (true) {
+      auto done = tls_->Handshake(&cipher_input_);
+      if (!done.ok()) return done.status();
+      absl::Status sent = SendTlsOutput();
+      if (!sent.ok()) return sent;
+      if (*done) return absl::OkStatus();
+      absl::Status received = ReceiveCiphertext("in the TLS handshake");
+      if (received.code() == absl::StatusCode::kUnavailable) {
+        // nbdkit and qemu-nbd hang up without an alert on a key they do not accept.
+        return absl::UnauthenticatedError(absl::StrCat(
+            "TLS handshake failed: the server hung up (", received.message(),
+            "); it most likely refused our credentials (PSK or client certificate)"));
+      }
+      if (!received.ok()) return received;
+    }
+  }
+
+  // The session for the transmission phase, with any ciphertext read but not yet opened.
+  std::unique_ptr<TlsSession> TakeTls() {
+    if (tls_ != nullptr) tls_->CarryInput(cipher_input_);
+    return std::move(tls_);
+  }
+
+ private:
+  absl::Status SendRaw(absl::Span<const uint8_t> bytes) {
+    while (!bytes.empty()) {
+      ssize_t sent = send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
       if (sent > 0) {
-        handshake.ConsumeOutput(static_cast<size_t>(sent));
+        bytes.remove_prefix(static_cast<size_t>(sent));
         continue;
       }
       if (sent < 0 && errno == EINTR) continue;
       if (sent < 0 && errno == EAGAIN) {
-        absl::Status ready = WaitFor(fd, POLLOUT, deadline,
-                                     "sending to the server during the handshake", abort_fd);
+        absl::Status ready = WaitFor(fd_, POLLOUT, deadline_,
+                                     "sending to the server during the handshake", abort_fd_);
         if (!ready.ok()) return ready;
         continue;
       }
       return ErrnoError("sending during the handshake", errno);
     }
     return absl::OkStatus();
-  };
+  }
+
+  absl::Status SendTlsOutput() {
+    tls_->TakeOutput(&sealed_);
+    return SendRaw(sealed_);
+  }
+
+  absl::StatusOr<size_t> ReceiveRaw(uint8_t* buffer, size_t wanted, absl::string_view stage) {
+    while (true) {
+      ssize_t received = recv(fd_, buffer, wanted, 0);
+      if (received > 0) return static_cast<size_t>(received);
+      if (received == 0) {
+        return absl::UnavailableError(
+            "the server closed the connection during the handshake (it may have refused the "
+            "export, the options or the TLS credentials)");
+      }
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) return ErrnoError("receiving during the handshake", errno);
+      absl::Status ready = WaitFor(fd_, POLLIN, deadline_, stage, abort_fd_);
+      if (!ready.ok()) return ready;
+    }
+  }
+
+  // Called only once the session took all of cipher_input_.
+  absl::Status ReceiveCiphertext(absl::string_view stage) {
+    cipher_buffer_.resize(16 * 1024 + 512);
+    auto received = ReceiveRaw(cipher_buffer_.data(), cipher_buffer_.size(), stage);
+    if (!received.ok()) return received.status();
+    cipher_input_ = absl::MakeConstSpan(cipher_buffer_.data(), *received);
+    return absl::OkStatus();
+  }
+
+  int fd_;
+  absl::Time deadline_;
+  int abort_fd_;
+  std::unique_ptr<TlsSession> tls_;
+  std::vector<uint8_t> sealed_;
+  std::vector<uint8_t> cipher_buffer_;
+  absl::Span<const uint8_t> cipher_input_;  // ciphertext received, not yet taken by tls_
+};
+
+}  // namespace
+
+absl::Status RunHandshake(int fd, nbd::Handshake& handshake, absl::Time deadline, int abort_fd,
+                          const std::shared_ptr<const TlsContext>& tls,
+                          std::unique_ptr<TlsSession>* session) {
+  HandshakeStream stream(fd, deadline, abort_fd);
+  std::vector<uint8_t> buffer;
   while (true) {
-    absl::Status sent = send_output();
-    if (!sent.ok()) return sent;
+    if (!handshake.output().empty()) {
+      absl::Status sent = stream.Send(handshake.output());
+      if (!sent.ok()) return sent;
+      handshake.ConsumeOutput(handshake.output().size());
+    }
     switch (handshake.state()) {
       case nbd::Handshake::State::kDone:
+        if (session != nullptr) *session = stream.TakeTls();
         return MakeBlocking(fd);
       case nbd::Handshake::State::kFailed:
         return absl::InternalError("handshake already failed");
-      case nbd::Handshake::State::kStartTls:
-        return absl::UnimplementedError(
-            "the server agreed to STARTTLS but this build of nbdring has no TLS support");
+      case nbd::Handshake::State::kStartTls: {
+        absl::Status started = stream.StartTls(tls);
+        if (!started.ok()) return started;
+        handshake.TlsEstablished();
+        continue;
+      }
       case nbd::Handshake::State::kRunning:
         break;
     }
-    size_t wanted = handshake.bytes_wanted();
-    if (wanted == 0) wanted = 1;
+    size_t wanted = std::max<size_t>(handshake.bytes_wanted(), 1);
     buffer.resize(wanted);
-    ssize_t received = recv(fd, buffer.data(), wanted, 0);
-    if (received == 0) {
-      return absl::UnavailableError(
-          "the server closed the connection during the handshake (it may have refused the "
-          "export or the options)");
-    }
-    if (received < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN) {
-        absl::Status ready =
-            WaitFor(fd, POLLIN, deadline, "waiting for the server's handshake reply", abort_fd);
-        if (!ready.ok()) return ready;
-        continue;
-      }
-      return ErrnoError("receiving during the handshake", errno);
-    }
-    auto consumed = handshake.Feed(absl::MakeConstSpan(buffer.data(), static_cast<size_t>(received)));
+    auto received = stream.Receive(buffer.data(), wanted);
+    if (!received.ok()) return received.status();
+    auto consumed = handshake.Feed(absl::MakeConstSpan(buffer.data(), *received));
     if (!consumed.ok()) return consumed.status();
-    if (*consumed != static_cast<size_t>(received)) {
+    if (*consumed != *received) {
       return absl::InternalError("the server sent bytes past the end of the handshake");
     }
   }

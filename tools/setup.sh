@@ -7,7 +7,9 @@ set -euo pipefail
 packages=(
   # Build toolchain and libraries (all wired into Bazel from /usr, see WORKSPACE).
   bazel-bootstrap g++ liburing-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
-  nlohmann-json3-dev pkg-config
+  nlohmann-json3-dev pkg-config libgnutls28-dev
+  # TLS test credentials: certtool and psktool.
+  gnutls-bin
   # Fuzzing: clang with libFuzzer and the sanitizer runtimes.
   clang libclang-rt-14-dev
   # Real NBD peers the tests start themselves, and the reference client we measure against.

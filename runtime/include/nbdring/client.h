@@ -54,8 +54,8 @@ namespace nbdring {
 using nbd::ExportInfo;
 
 struct ClientOptions {
-  // Where to connect: an NBD URI (nbd://, nbd+unix://, nbd+vsock://; nbds needs TLS, which
-  // this build refuses with a clear error). Alternatively fill `address` directly.
+  // Where to connect: an NBD URI (nbd://, nbd+unix://, nbd+vsock://, and nbds://,
+  // nbds+unix://, nbds+vsock:// for TLS). Alternatively fill `address` directly.
   std::string uri;
   nbd::NbdUri address;  // used when `uri` is empty
 
@@ -75,6 +75,30 @@ struct ClientOptions {
   std::vector<std::string> meta_contexts;
   bool structured_replies = true;
   bool extended_headers = false;
+
+  // TLS (GnuTLS in user space; the socket I/O stays on io_uring and keeps its batching).
+  // kDefault: kRequire for nbds URIs, kDisable for nbd. kAllow: STARTTLS when the server
+  // offers it, plain text when it refuses. kRequire never falls back to plain text: an
+  // oldstyle server, one without fixed newstyle or one refusing STARTTLS fails Connect.
+  // The URI query keys tls-certificates, tls-psk-file, tls-username, tls-hostname and
+  // tls-verify-peer=0 (libnbd's names) fill the fields below that are left empty.
+  enum class Tls { kDefault, kDisable, kAllow, kRequire };
+  Tls tls = Tls::kDefault;
+  // Directory laid out as libnbd, QEMU and nbdkit expect: ca-cert.pem (trusted CAs), and
+  // client-cert.pem + client-key.pem when the server wants a client certificate. Empty: the
+  // system's trusted CAs.
+  std::string tls_certificates;
+  // Pre-shared key file as psktool writes it ("username:hexkey" lines); selects PSK instead
+  // of X.509.
+  std::string tls_psk_file;
+  // PSK identity. Empty: the login name, or the file's only entry.
+  std::string tls_username;
+  // The name the server's certificate must carry. Empty: the URI's TCP host; over Unix
+  // sockets and vsock only the certificate chain is checked then.
+  std::string tls_hostname;
+  // Verify the server's certificate (chain, validity, name). Turning it off accepts any
+  // certificate, which defeats TLS against an active attacker.
+  bool tls_verify_peer = true;
 
   // Every duration below may be absl::InfiniteDuration() (no limit).
   absl::Duration connect_timeout = absl::Seconds(10);  // connect + handshake, per connection
