@@ -225,6 +225,27 @@ int nbdring_options_set(nbdring_options* options, const char* key, const char* v
       cpus.push_back(cpu);
     }
     o.ring_cpus = std::move(cpus);
+  } else if (name == "tls") {
+    const std::string mode = absl::AsciiStrToLower(value);
+    if (mode == "disable") {
+      o.tls = nbdring::ClientOptions::Tls::kDisable;
+    } else if (mode == "allow") {
+      o.tls = nbdring::ClientOptions::Tls::kAllow;
+    } else if (mode == "require") {
+      o.tls = nbdring::ClientOptions::Tls::kRequire;
+    } else {
+      return bad_value("disable, allow or require");
+    }
+  } else if (name == "tls_certificates" || name == "tls_psk_file" || name == "tls_username" ||
+             name == "tls_hostname") {
+    if (*value == '\0') return bad_value("a non-empty value");
+    if (name == "tls_certificates") o.tls_certificates = value;
+    if (name == "tls_psk_file") o.tls_psk_file = value;
+    if (name == "tls_username") o.tls_username = value;
+    if (name == "tls_hostname") o.tls_hostname = value;
+  } else if (name == "tls_verify_peer") {
+    if (!ParseBool(value, &flag)) return bad_value("true or false");
+    o.tls_verify_peer = flag;
   } else if (name == "meta_context") {
     if (*value == '\0') return bad_value("a context name such as base:allocation");
     o.meta_contexts.push_back(value);

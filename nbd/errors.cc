@@ -102,6 +102,7 @@ int StatusToErrno(const absl::Status& status) {
   switch (status.code()) {
     case absl::StatusCode::kOk: return 0;
     case absl::StatusCode::kPermissionDenied: return EPERM;
+    case absl::StatusCode::kUnauthenticated: return EACCES;  // TLS refused our peer or us
     case absl::StatusCode::kDataLoss: return EIO;
     case absl::StatusCode::kResourceExhausted: return ENOSPC;
     case absl::StatusCode::kInvalidArgument: return EINVAL;

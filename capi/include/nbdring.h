@@ -40,13 +40,19 @@ typedef struct nbdring_options nbdring_options;
  * "request_timeout_ms", "connect_timeout_ms", "close_timeout_ms", "reconnect" (true/false),
  * "reconnect_delay_ms", "completion_batch_delay_us", "structured_replies" (true/false),
  * "receive_buffer_bytes", "meta_context" (adds one, e.g. "base:allocation"), "ring_cpus"
- * (CPUs to pin the ring threads "nbdring-ring-N" to, e.g. "0,2").
- * nbdring_options_set returns 0, or -1 for an unknown key or a bad value. */
+ * (CPUs to pin the ring threads "nbdring-ring-N" to, e.g. "0,2"); TLS: "tls"
+ * (disable/allow/require; default: require for nbds URIs, disable for nbd), "tls_certificates"
+ * (directory with ca-cert.pem [client-cert.pem client-key.pem]), "tls_psk_file" (psktool
+ * format), "tls_username", "tls_hostname", "tls_verify_peer" (true/false; default true).
+ * nbdring_options_set returns 0, or -1 for an unknown key or a bad value. A TLS handshake
+ * that fails (certificate not trusted, wrong host, wrong key) fails nbdring_connect with
+ * errno EACCES. */
 nbdring_options *nbdring_options_create(void);
 int nbdring_options_set(nbdring_options *options, const char *key, const char *value);
 void nbdring_options_destroy(nbdring_options *options);
 
-/* Connects to an NBD URI (nbd://, nbd+unix://, nbd+vsock://); options may be NULL. */
+/* Connects to an NBD URI (nbd://, nbd+unix://, nbd+vsock://, and the nbds forms with TLS,
+ * taking libnbd's tls-* query keys); options may be NULL. */
 nbdring_client *nbdring_connect(const char *uri, const nbdring_options *options);
 /* Lets submitted requests finish (bounded by "close_timeout_ms"), disconnects, stops the
  * ring threads and frees the client. Requests still unanswered complete with an error. */

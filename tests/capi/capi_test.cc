@@ -14,6 +14,7 @@
 #include "gtest/gtest.h"
 #include "tests/testing/event.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/tls_credentials.h"
 
 namespace {
 
@@ -40,6 +41,12 @@ TEST(CApiTest, OptionsTakeKnownKeysAndRefuseTheRest) {
   EXPECT_EQ(nbdring_options_set(options, "reconnect", "true"), 0);
   EXPECT_EQ(nbdring_options_set(options, "meta_context", "base:allocation"), 0);
   EXPECT_EQ(nbdring_options_set(options, "completion_batch_delay_us", "0"), 0);
+  EXPECT_EQ(nbdring_options_set(options, "tls", "allow"), 0);
+  EXPECT_EQ(nbdring_options_set(options, "tls_certificates", "/nonexistent"), 0);
+  EXPECT_EQ(nbdring_options_set(options, "tls_verify_peer", "true"), 0);
+  EXPECT_EQ(nbdring_options_set(options, "tls", "sometimes"), -1);
+  EXPECT_EQ(nbdring_get_errno(), EINVAL);
+  EXPECT_EQ(nbdring_options_set(options, "tls_username", ""), -1);
 
   EXPECT_EQ(nbdring_options_set(options, "connectionz", "4"), -1);
   EXPECT_EQ(nbdring_get_errno(), EINVAL);
@@ -62,6 +69,33 @@ TEST(CApiTest, ConnectFailuresNameTheCause) {
   EXPECT_NE(LastError().find("nbdring_connect"), std::string::npos);
   EXPECT_EQ(nbdring_connect("nbd+unix:///?socket=/nonexistent/nbd.sock", nullptr), nullptr);
   EXPECT_NE(LastError().find("/nonexistent/nbd.sock"), std::string::npos) << LastError();
+}
+
+TEST(CApiTest, TlsSettingsByName) {
+  auto credentials = nbd::testing::TlsCredentials::Create();
+  ASSERT_TRUE(credentials.ok()) << credentials.status();
+  auto server = StartServer({"--tls=require",
+                             "--tls-certificates=" + (*credentials)->server_dir(), "memory", "1M"});
+  ASSERT_NE(server, nullptr);
+  nbdring_options* options = nbdring_options_create();
+  ASSERT_EQ(nbdring_options_set(options, "tls", "require"), 0);
+  ASSERT_EQ(nbdring_options_set(options, "tls_certificates", (*credentials)->client_dir().c_str()),
+            0);
+  ASSERT_EQ(nbdring_options_set(options, "tls_hostname", "localhost"), 0);
+  nbdring_client* client = nbdring_connect(server->uri().c_str(), options);
+  ASSERT_NE(client, nullptr) << LastError();
+  char buffer[512];
+  EXPECT_EQ(nbdring_pread(client, buffer, sizeof(buffer), 0, 0), 0) << LastError();
+  EXPECT_EQ(nbdring_close(client), 0);
+
+  // A CA that did not sign the server's certificate: EACCES, and the reason.
+  ASSERT_EQ(nbdring_options_set(options, "tls_certificates",
+                                (*credentials)->other_ca_dir().c_str()),
+            0);
+  EXPECT_EQ(nbdring_connect(server->uri().c_str(), options), nullptr);
+  EXPECT_EQ(nbdring_get_errno(), EACCES);
+  EXPECT_NE(LastError().find("certificate"), std::string::npos) << LastError();
+  nbdring_options_destroy(options);
 }
 
 TEST(CApiTest, SynchronousCallsAndExportFlags) {

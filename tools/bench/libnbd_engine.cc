@@ -101,6 +101,11 @@ absl::StatusOr<Handle> LibnbdBench::Connect() {
   if (nbd_set_pread_initialize(handle.get(), false) == -1) {
     return LibnbdError("nbd_set_pread_initialize");
   }
+  // nbdring reads tls-certificates= and tls-psk-file= from a URI; so must the engine it is
+  // compared with (libnbd refuses local files named in URIs unless told otherwise).
+  if (nbd_set_uri_allow_local_file(handle.get(), true) == -1) {
+    return LibnbdError("nbd_set_uri_allow_local_file");
+  }
   if (nbd_connect_uri(handle.get(), spec_.uri.c_str()) == -1) {
     return LibnbdError(absl::StrCat("cannot connect to ", spec_.uri));
   }
