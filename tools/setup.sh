@@ -14,6 +14,8 @@ packages=(
   clang libclang-rt-14-dev
   # Real NBD peers the tests start themselves, and the reference client we measure against.
   nbdkit qemu-utils nbd-server libnbd-dev libnbd-bin fio
+  # Comparing JSON output in the tools tests.
+  jq
 )
 
 missing=()

@@ -91,21 +91,26 @@ TEST(NbdInfoTest, JsonOutputForScripts) {
   ASSERT_EQ(result.exit_code, 0) << result.standard_error;
   nlohmann::json document = nlohmann::json::parse(result.standard_output, nullptr, false);
   ASSERT_FALSE(document.is_discarded()) << result.standard_output;
-  EXPECT_EQ(document["export_name"], "beta");
-  EXPECT_EQ(document["size"], 64u << 20);
-  EXPECT_EQ(document["size_human"], "64 MiB");
-  EXPECT_EQ(document["description"], "Test disk");
-  EXPECT_EQ(document["reply_mode"], "structured");
-  EXPECT_EQ(document["flags"]["read_only"], false);
-  EXPECT_EQ(document["flags"]["fast_zero"], true);
-  EXPECT_EQ(document["flags"]["multi_conn"], true);
-  EXPECT_EQ(document["flags"]["resize"], false);
-  EXPECT_EQ(document["flags"].size(), 11u);
-  EXPECT_EQ(document["block_size"]["advertised"], false);
-  EXPECT_EQ(document["block_size"]["maximum"], 32u << 20);
-  ASSERT_EQ(document["meta_contexts"].size(), 1u);
-  EXPECT_EQ(document["meta_contexts"][0]["name"], "base:allocation");
-  EXPECT_EQ(document["available_meta_contexts"], nlohmann::json::array({"base:allocation"}));
+  // nbdinfo's shape and key names (tools/info/json_output.h).
+  EXPECT_EQ(document["protocol"], "newstyle-fixed");
+  EXPECT_EQ(document["TLS"], false);
+  EXPECT_EQ(document["structured"], true);
+  ASSERT_EQ(document["exports"].size(), 1u);
+  const nlohmann::json& beta = document["exports"][0];
+  EXPECT_EQ(beta["export-name"], "beta");
+  EXPECT_EQ(beta["export-size"], 64u << 20);
+  EXPECT_EQ(beta["export-size-str"], "64M");
+  EXPECT_EQ(beta["description"], "Test disk");
+  EXPECT_EQ(beta["reply_mode"], "structured");
+  EXPECT_EQ(beta["is_read_only"], false);
+  EXPECT_EQ(beta["can_fast_zero"], true);
+  EXPECT_EQ(beta["can_multi_conn"], true);
+  EXPECT_EQ(beta["can_resize"], false);
+  // Block sizes only when the server sent them, as nbdinfo.
+  EXPECT_FALSE(beta.contains("block_size_maximum"));
+  ASSERT_EQ(beta["meta_contexts"].size(), 1u);
+  EXPECT_EQ(beta["meta_contexts"][0]["name"], "base:allocation");
+  EXPECT_EQ(beta["contexts"], nlohmann::json::array({"base:allocation"}));
 }
 
 TEST(NbdInfoTest, ListShowsEveryExportWithItsDescription) {
@@ -127,8 +132,9 @@ TEST(NbdInfoTest, ListShowsEveryExportWithItsDescription) {
   nlohmann::json document = nlohmann::json::parse(json.standard_output, nullptr, false);
   ASSERT_FALSE(document.is_discarded()) << json.standard_output;
   ASSERT_EQ(document["exports"].size(), 2u);
-  EXPECT_EQ(document["exports"][0]["name"], "alpha");
+  EXPECT_EQ(document["exports"][0]["export-name"], "alpha");
   EXPECT_EQ(document["exports"][1]["description"], "Test disk");
+  EXPECT_EQ(document["exports"][1]["export-size"], 64u << 20);
 }
 
 TEST(NbdInfoTest, RepeatedMetaContextFlagsAreAllQueried) {
@@ -147,12 +153,13 @@ TEST(NbdInfoTest, RepeatedMetaContextFlagsAreAllQueried) {
   nlohmann::json document = nlohmann::json::parse(result.standard_output, nullptr, false);
   ASSERT_FALSE(document.is_discarded()) << result.standard_output;
   std::vector<std::string> negotiated;
-  for (const auto& context : document["meta_contexts"]) negotiated.push_back(context["name"]);
+  const nlohmann::json& disk = document["exports"][0];
+  for (const auto& context : disk["meta_contexts"]) negotiated.push_back(context["name"]);
   EXPECT_THAT(negotiated, ::testing::UnorderedElementsAre("base:allocation",
                                                           "qemu:allocation-depth"));
-  EXPECT_THAT(document["available_meta_contexts"].get<std::vector<std::string>>(),
+  EXPECT_THAT(disk["contexts"].get<std::vector<std::string>>(),
               ::testing::UnorderedElementsAre("base:allocation", "qemu:allocation-depth"));
-  EXPECT_EQ(document["block_size"]["advertised"], true);
+  EXPECT_EQ(disk["block_size_minimum"], 1);
 }
 
 TEST(NbdInfoTest, ErrorsAreOneLineWithANonZeroExit) {

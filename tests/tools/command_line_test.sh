@@ -23,6 +23,7 @@ for tool in nbd-copy nbd-info nbd-bench; do
 done
 check "nbd-copy --help lists its flags with defaults" 0 "request_size" "$dir/nbd-copy" --help
 check "nbd-info --help lists its flags" 0 "meta_context" "$dir/nbd-info" --help
+check "nbd-info --help lists nbdinfo's modes" 0 "--map" "$dir/nbd-info" --help
 check "nbd-copy bad value" 2 "requests=abc" "$dir/nbd-copy" --requests=abc a b
 check "nbd-copy flag without value" 2 "needs a value" "$dir/nbd-copy" a b --requests
 check "nbd-copy one argument" 2 "expected SOURCE and DESTINATION" "$dir/nbd-copy" a

@@ -1,19 +1,29 @@
 // nbd-info — shows what an NBD server says about an export, using only nbdring's public API.
+// Its modes and their spellings follow libnbd's nbdinfo (1.14), so scripts can use either:
 //
 //   nbd-info URI                       size, transmission flags, block sizes, reply mode,
 //                                      description and meta contexts of the URI's export
-//   nbd-info --list URI                the exports the server lists (NBD_OPT_LIST)
-//   nbd-info --json [--list] URI       the same as one JSON document on stdout, for scripts
+//   nbd-info --size URI                the size in bytes, alone
+//   nbd-info --can NAME URI            no output; exit 0 if the export can, 2 if it cannot
+//   nbd-info --is NAME URI             (names: tools/info/flag_query.h)
+//   nbd-info --map[=CONTEXT] [--totals] URI
+//                                      the extents of a meta context (default base:allocation)
+//                                      as nbdinfo prints them, or a summary per type
+//   nbd-info --list URI (or -L)        the exports the server lists (NBD_OPT_LIST)
+//   --json                             JSON instead of text, with nbdinfo's key names
 //   --meta-context=NAME[,NAME...]      meta contexts (or namespace queries such as "qemu:")
 //                                      to ask the server about; repeatable; the default is
 //                                      base:allocation
 //
-// Exit status: 0 on success; 1 with a one-line "nbd-info: ..." message on stderr when the
-// server cannot be reached or refuses (bad URI, unreachable, export not found); 2 for a
-// command line that cannot be used.
+// Exit status: 0 on success (and "true" for --can/--is); 2 for "false" from --can/--is; 1 with
+// a one-line "nbd-info: ..." message on stderr when the server cannot be reached or refuses
+// (bad URI, unreachable, export not found, context not offered), or — as nbdinfo does — for an
+// unknown --can/--is name or modes that cannot be combined. Other unusable command lines exit
+// 2 as in every nbdring tool, except with --can/--is, where 2 means "false" and they exit 1.
 #include <cstdint>
 #include <cstdio>
 #include <iterator>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -29,35 +39,50 @@
 #include "absl/strings/string_view.h"
 #include "nbdring/client.h"
 #include "tools/common/command_line.h"
+#include "tools/info/arguments.h"
+#include "tools/info/flag_query.h"
+#include "tools/info/json_output.h"
+#include "tools/info/map.h"
 #include "nlohmann/json.hpp"
 
-ABSL_FLAG(bool, list, false, "List the server's exports (NBD_OPT_LIST) instead of describing one");
-ABSL_FLAG(bool, json, false, "Print one JSON document instead of text");
+ABSL_FLAG(bool, list, false,
+          "List the server's exports (NBD_OPT_LIST) instead of describing one; also -L");
+ABSL_FLAG(bool, json, false, "Print JSON instead of text (nbdinfo's key names)");
 ABSL_FLAG(std::vector<std::string>, meta_context, {"base:allocation"},
           "Meta context to query, also spelled --meta-context; repeat it (or give a "
           "comma-separated list) to query several");
+ABSL_FLAG(bool, size, false, "Print only the export's size in bytes");
+ABSL_FLAG(std::string, can, "",
+          "Print nothing; exit 0 if the export can NAME, 2 if not, 1 on error. NAME is one of "
+          "connect, read, write, cache, df, fast-zero, flush, fua, multi-conn, trim, zero, "
+          "structured-reply, block-status, extended-headers");
+ABSL_FLAG(std::string, is, "",
+          "Like --can: read-only, rotational or tls (exit 0 if so, 2 if not, 1 on error)");
+ABSL_FLAG(std::string, map, "",
+          "Print the extents of this meta context as nbdinfo does (offset, length, type, "
+          "description); a bare --map means --map=base:allocation");
+ABSL_FLAG(bool, totals, false, "With --map: bytes and percentage of the export per type");
 
 namespace {
 
-// One transmission flag as nbd-info names it, in text ("read-only") and JSON ("read_only").
+// One transmission flag as the text output names it.
 struct FlagRow {
   const char* text_name;
-  const char* json_name;
   uint16_t bit;
 };
 
 constexpr FlagRow kFlagRows[] = {
-    {"read-only", "read_only", nbd::kFlagReadOnly},
-    {"flush", "flush", nbd::kFlagSendFlush},
-    {"fua", "fua", nbd::kFlagSendFua},
-    {"trim", "trim", nbd::kFlagSendTrim},
-    {"zero", "zero", nbd::kFlagSendWriteZeroes},
-    {"fast-zero", "fast_zero", nbd::kFlagSendFastZero},
-    {"cache", "cache", nbd::kFlagSendCache},
-    {"df", "df", nbd::kFlagSendDf},
-    {"multi-conn", "multi_conn", nbd::kFlagCanMultiConn},
-    {"rotational", "rotational", nbd::kFlagRotational},
-    {"resize", "resize", nbd::kFlagSendResize},
+    {"read-only", nbd::kFlagReadOnly},
+    {"flush", nbd::kFlagSendFlush},
+    {"fua", nbd::kFlagSendFua},
+    {"trim", nbd::kFlagSendTrim},
+    {"zero", nbd::kFlagSendWriteZeroes},
+    {"fast-zero", nbd::kFlagSendFastZero},
+    {"cache", nbd::kFlagSendCache},
+    {"df", nbd::kFlagSendDf},
+    {"multi-conn", nbd::kFlagCanMultiConn},
+    {"rotational", nbd::kFlagRotational},
+    {"resize", nbd::kFlagSendResize},
 };
 
 // "1048576" -> "1 MiB", "1572864" -> "1.5 MiB": binary units, one decimal only when needed.
@@ -74,50 +99,6 @@ std::string HumanSize(uint64_t bytes) {
   return absl::StrCat(number, " ", kUnits[unit]);
 }
 
-// Abseil flags cannot be named with a '-' and keep only the last of repeated flags, but the
-// documented spelling is a repeatable --meta-context. Such arguments are taken out of argv
-// here, before Abseil sees it; the values are returned in order.
-absl::StatusOr<std::vector<std::string>> ExtractMetaContextArguments(int* argc, char** argv) {
-  std::vector<std::string> values;
-  int kept = 1;
-  for (int i = 1; i < *argc; ++i) {
-    absl::string_view argument = argv[i];
-    if (argument == "--") {
-      // Everything after "--" is positional: keep it untouched.
-      while (i < *argc) argv[kept++] = argv[i++];
-      break;
-    }
-    bool matched = false;
-    for (absl::string_view spelling : {"--meta-context", "--meta_context"}) {
-      absl::string_view value;
-      if (argument == spelling) {
-        if (i + 1 >= *argc) {
-          return absl::InvalidArgumentError(absl::StrCat(spelling, " needs a value"));
-        }
-        value = argv[++i];
-      } else if (absl::StartsWith(argument, absl::StrCat(spelling, "="))) {
-        value = argument.substr(spelling.size() + 1);
-      } else {
-        continue;
-      }
-      // A comma-separated list, as Abseil parses --meta_context=a,b.
-      for (absl::string_view name : absl::StrSplit(value, ',')) {
-        if (name.empty()) {
-          return absl::InvalidArgumentError(
-              absl::StrCat(spelling, " needs non-empty context names, got '", value, "'"));
-        }
-        values.emplace_back(name);
-      }
-      matched = true;
-      break;
-    }
-    if (!matched) argv[kept++] = argv[i];
-  }
-  *argc = kept;
-  argv[kept] = nullptr;
-  return values;
-}
-
 int Fail(const absl::Status& status) {
   std::string message(status.message());
   // The contract is one line on stderr: fold any newline a server put into its message.
@@ -128,32 +109,80 @@ int Fail(const absl::Status& status) {
   return 1;
 }
 
-void PrintJson(const nlohmann::json& document) {
+void PrintJson(const nlohmann::ordered_json& document) {
   std::printf("%s\n", document.dump(2).c_str());
 }
 
+// Text: one export per line, its name ("" for the default export, which has an empty name),
+// then a tab and its description when it has one. JSON: nbdinfo's document, with every
+// export described as `nbd-info --json` describes one (an export that cannot be queried is
+// reported on stderr and left out, and the exit status is then 1).
 int ListExports(const nbdring::ClientOptions& options, bool json) {
   absl::StatusOr<std::vector<nbd::ExportListing>> exports = nbdring::ListExports(options);
   if (!exports.ok()) return Fail(exports.status());
-  if (json) {
-    nlohmann::json document = {{"uri", options.uri}, {"exports", nlohmann::json::array()}};
+  if (!json) {
     for (const nbd::ExportListing& listing : *exports) {
-      document["exports"].push_back(
-          {{"name", listing.name}, {"description", listing.description}});
+      const char* name = listing.name.empty() ? "\"\"" : listing.name.c_str();
+      if (listing.description.empty()) {
+        std::printf("%s\n", name);
+      } else {
+        std::printf("%s\t%s\n", name, listing.description.c_str());
+      }
     }
-    PrintJson(document);
     return 0;
   }
-  // One export per line: its name ("" for the default export, which has an empty name), then
-  // a tab and its description when it has one.
+  absl::StatusOr<nbd::NbdUri> address = nbd::ParseNbdUri(options.uri);
+  if (!address.ok()) return Fail(address.status());
+  int status = 0;
+  nbd::ExportInfo protocol;
+  nlohmann::ordered_json described = nlohmann::ordered_json::array();
   for (const nbd::ExportListing& listing : *exports) {
-    const char* name = listing.name.empty() ? "\"\"" : listing.name.c_str();
-    if (listing.description.empty()) {
-      std::printf("%s\n", name);
-    } else {
-      std::printf("%s\t%s\n", name, listing.description.c_str());
+    nbdring::ClientOptions one = options;
+    one.uri.clear();
+    one.address = *address;
+    one.address.export_name = listing.name;
+    absl::StatusOr<nbdring::ExportQuery> query = nbdring::QueryExport(one);
+    if (!query.ok()) {
+      status = Fail(absl::Status(query.status().code(),
+                                 absl::StrCat("\"", listing.name, "\": ", query.status().message())));
+      continue;
     }
+    protocol = query->info;
+    described.push_back(
+        nbdinfo::ExportJson(*query, one.address.ToString(), listing.description));
   }
+  PrintJson(nbdinfo::InfoDocument(protocol, std::move(described)));
+  return status;
+}
+
+int PrintSize(const nbdring::ClientOptions& options) {
+  absl::StatusOr<nbdring::ExportQuery> query = nbdring::QueryExport(options);
+  if (!query.ok()) return Fail(query.status());
+  std::printf("%llu\n", static_cast<unsigned long long>(query->info.size));
+  return 0;
+}
+
+// --can/--is: nothing on stdout; 0 for yes, 2 for no, 1 (with a message) for an error.
+int AnswerFlagQuery(nbdring::ClientOptions options, const nbdinfo::FlagQuery& question) {
+  if (question.offer_extended_headers) options.extended_headers = true;
+  absl::StatusOr<nbdring::ExportQuery> query = nbdring::QueryExport(options);
+  if (!query.ok()) return Fail(query.status());
+  return question.answer(*query) ? 0 : 2;
+}
+
+int PrintMap(nbdring::ClientOptions options, const std::string& context, bool totals,
+             bool json) {
+  options.meta_contexts = {context};
+  absl::StatusOr<std::unique_ptr<nbdring::Client>> client = nbdring::Client::Connect(options);
+  if (!client.ok()) return Fail(client.status());
+  absl::StatusOr<std::vector<nbdinfo::MapRun>> runs = nbdinfo::CollectMap(**client, context);
+  const uint64_t size = (*client)->size();
+  absl::Status closed = (*client)->Close();
+  if (!runs.ok()) return Fail(runs.status());
+  if (!closed.ok()) return Fail(closed);
+  std::string text = totals ? nbdinfo::FormatMapTotals(context, *runs, size, json)
+                            : nbdinfo::FormatMap(context, *runs, json);
+  std::fwrite(text.data(), 1, text.size(), stdout);
   return 0;
 }
 
@@ -164,31 +193,9 @@ int DescribeExport(const nbdring::ClientOptions& options, bool json) {
   const nbd::BlockSizeConstraints& block_size = info.block_size;
 
   if (json) {
-    nlohmann::json flags = nlohmann::json::object();
-    for (const FlagRow& row : kFlagRows) flags[row.json_name] = info.has_flag(row.bit);
-    nlohmann::json negotiated = nlohmann::json::array();
-    for (const nbd::MetaContext& context : info.meta_contexts) {
-      negotiated.push_back({{"name", context.name}, {"id", context.id}});
-    }
-    nlohmann::json document = {
-        {"uri", options.uri},
-        {"export_name", info.name},
-        {"description", info.description},
-        {"size", info.size},
-        {"size_human", HumanSize(info.size)},
-        {"transmission_flags", info.transmission_flags},
-        {"flags", flags},
-        {"block_size",
-         {{"advertised", block_size.advertised},
-          {"minimum", block_size.minimum},
-          {"preferred", block_size.preferred},
-          {"maximum", block_size.maximum}}},
-        {"reply_mode", nbd::ReplyModeName(info.reply_mode)},
-        {"oldstyle", info.oldstyle},
-        {"meta_contexts", negotiated},
-        {"available_meta_contexts", query->available_meta_contexts},
-    };
-    PrintJson(document);
+    nlohmann::ordered_json exports = nlohmann::ordered_json::array();
+    exports.push_back(nbdinfo::ExportJson(*query, options.uri));
+    PrintJson(nbdinfo::InfoDocument(info, std::move(exports)));
     return 0;
   }
 
@@ -217,32 +224,91 @@ int DescribeExport(const nbdring::ClientOptions& options, bool json) {
   return 0;
 }
 
+// The one mode the command line asks for, or an error naming the clash.
+enum class Mode { kDescribe, kList, kSize, kFlagQuery, kMap };
+
+int UsageFailure(int exit_code, const std::string& message) {
+  std::fprintf(stderr, "nbd-info: %s\n", message.c_str());
+  return exit_code;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   absl::StatusOr<std::vector<std::string>> meta_contexts =
-      ExtractMetaContextArguments(&argc, argv);
+      nbdinfo::PrepareArguments(&argc, argv);
   if (!meta_contexts.ok()) {
-    std::fprintf(stderr, "nbd-info: %s\n", std::string(meta_contexts.status().message()).c_str());
-    return nbdtools::kExitUsage;
+    // FailedPrecondition marks the errors nbdinfo exits 1 for (an empty --can/--is name).
+    return UsageFailure(
+        absl::IsFailedPrecondition(meta_contexts.status()) ? 1 : nbdtools::kExitUsage,
+        std::string(meta_contexts.status().message()));
   }
   const std::vector<std::string> positional = nbdtools::ParseToolCommandLine(
       argc, argv,
       {"nbd-info",
-       "shows an NBD export's size, flags, block sizes and meta contexts.\n"
+       "shows an NBD export's size, flags, block sizes and meta contexts; the modes and\n"
+       "their exit codes are nbdinfo's (libnbd 1.14).\n"
        "usage: nbd-info [--json] [--meta-context=NAME]... URI\n"
-       "       nbd-info [--json] --list URI",
+       "       nbd-info --size URI\n"
+       "       nbd-info --can NAME URI     exit 0 if true, 2 if false, 1 on error\n"
+       "       nbd-info --is read-only|rotational|tls URI\n"
+       "       nbd-info --map[=CONTEXT] [--totals] [--json] URI\n"
+       "       nbd-info -L|--list [--json] URI",
        "tools/info/"});
-  if (positional.size() != 1) {
-    std::fprintf(stderr, "nbd-info: expected exactly one URI argument, got %zu (see --help)\n",
-                 positional.size());
-    return nbdtools::kExitUsage;
-  }
   if (!meta_contexts->empty()) absl::SetFlag(&FLAGS_meta_context, *meta_contexts);
+
+  const std::string can = absl::GetFlag(FLAGS_can);
+  const std::string is = absl::GetFlag(FLAGS_is);
+  const std::string map = absl::GetFlag(FLAGS_map);
+  const bool json = absl::GetFlag(FLAGS_json);
+  const bool totals = absl::GetFlag(FLAGS_totals);
+  // nbdinfo exits 1 for every usage error; nbdring's tools exit 2, which --can/--is need for
+  // "false", so there these exit 1 as nbdinfo's do.
+  const bool flag_query = !can.empty() || !is.empty();
+  const int usage_exit = flag_query ? 1 : nbdtools::kExitUsage;
+
+  std::vector<Mode> modes;
+  if (absl::GetFlag(FLAGS_list)) modes.push_back(Mode::kList);
+  if (absl::GetFlag(FLAGS_size)) modes.push_back(Mode::kSize);
+  if (!can.empty()) modes.push_back(Mode::kFlagQuery);
+  if (!is.empty()) modes.push_back(Mode::kFlagQuery);
+  if (!map.empty()) modes.push_back(Mode::kMap);
+  if (modes.size() > 1) {
+    return UsageFailure(1, "you cannot use --list, --map, --size, --can and --is together");
+  }
+  const Mode mode = modes.empty() ? Mode::kDescribe : modes[0];
+  if (totals && mode != Mode::kMap) {
+    return UsageFailure(1, "you must use --totals only with --map option");
+  }
+  const nbdinfo::FlagQuery* question = nullptr;
+  if (flag_query) {
+    const std::string& name = can.empty() ? is : can;
+    question = nbdinfo::FindFlagQuery(name);
+    if (question == nullptr) {
+      return UsageFailure(1, absl::StrCat("unknown --can or --is option: ", name, " (known: ",
+                                          nbdinfo::FlagQueryNames(), ")"));
+    }
+  }
+  if (positional.size() != 1) {
+    return UsageFailure(usage_exit,
+                        absl::StrFormat("expected exactly one URI argument, got %zu (see --help)",
+                                        positional.size()));
+  }
 
   nbdring::ClientOptions options;
   options.uri = positional[0];
   options.meta_contexts = absl::GetFlag(FLAGS_meta_context);
-  bool json = absl::GetFlag(FLAGS_json);
-  return absl::GetFlag(FLAGS_list) ? ListExports(options, json) : DescribeExport(options, json);
+  switch (mode) {
+    case Mode::kList:
+      return ListExports(options, json);
+    case Mode::kSize:
+      return PrintSize(options);
+    case Mode::kFlagQuery:
+      return AnswerFlagQuery(options, *question);
+    case Mode::kMap:
+      return PrintMap(options, map, totals, json);
+    case Mode::kDescribe:
+      break;
+  }
+  return DescribeExport(options, json);
 }
