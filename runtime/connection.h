@@ -177,8 +177,9 @@ class Connection : private nbd::RequestLookup {
   nbd::InflightRequest* Find(uint64_t cookie) override;
 
   void StageBatch();
-  // Seals the staged iovecs when TLS is on (they become one iovec of records), then posts.
-  void SealAndPost();
+  // Seals the staged iovecs when TLS is on (they become one iovec of records, followed by
+  // close_notify when asked), then posts.
+  void SealAndPost(bool then_close_notify = false);
   void PostSend();
   static void OnSend(IoCompletion* completion);
   void ArmReceive();

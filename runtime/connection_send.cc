@@ -64,8 +64,7 @@ void Connection::Flush() {
     iovec_first_ = 0;
     iovec_count_ = 1;
     disconnect_sent_ = true;
-    if (tls_ != nullptr) tls_->Close();  // close_notify follows NBD_CMD_DISC
-    SealAndPost();
+    SealAndPost(/*then_close_notify=*/true);
   }
   // Records the session wrote on its own while opening (a TLS 1.3 key update answer).
   if (!send_in_flight_ && tls_ != nullptr && tls_->has_output() &&
@@ -76,7 +75,7 @@ void Connection::Flush() {
   }
 }
 
-void Connection::SealAndPost() {
+void Connection::SealAndPost(bool then_close_notify) {
   if (tls_ != nullptr) {
     absl::Status sealed =
         tls_->Seal(absl::MakeConstSpan(&iovecs_[iovec_first_], iovec_count_ - iovec_first_));
@@ -84,6 +83,7 @@ void Connection::SealAndPost() {
       Fail(absl::Status(sealed.code(), absl::StrCat(options_.description, ": ", sealed.message())));
       return;
     }
+    if (then_close_notify) tls_->Close();
     tls_->TakeOutput(&sealed_);
     iovecs_[0] = {sealed_.data(), sealed_.size()};
     iovec_first_ = 0;

@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -123,6 +124,37 @@ TEST(TlsTest, X509ReadWriteFlushBlockStatusOverTwoConnections) {
   EXPECT_THAT(Notes(**client), HasSubstr("TLS with X.509"));
   ExerciseExport(**client);
   EXPECT_TRUE((*client)->Close().ok());
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream file(path);
+  return std::string((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+}
+
+TEST(TlsTest, CloseSendsDiscThenCloseNotify) {
+  // The server must see NBD_CMD_DISC inside TLS and then the end of the TLS session, not a
+  // connection cut short ("The TLS connection was non-properly terminated").
+  auto server = StartX509Nbdkit(Credentials().server_dir(), {"-v", "memory", "8M"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  ClientOptions options = X509Options((*server)->uri(), Credentials().client_dir());
+  options.connections = 4;
+  auto client = Client::Connect(options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  std::vector<uint8_t> buffer(4096);
+  ASSERT_TRUE((*client)->PreadSync(buffer.data(), buffer.size(), 0).ok());
+  ASSERT_TRUE((*client)->Close().ok());
+  const std::string log_path = (*server)->dir().File("server.log");
+  auto count = [&](const std::string& text) {
+    const std::string log = ReadFile(log_path);
+    int found = 0;
+    for (size_t at = log.find(text); at != std::string::npos; at = log.find(text, at + 1)) ++found;
+    return found;
+  };
+  // nbdkit logs the plugin's close once it is done with a connection, errors before it.
+  ASSERT_TRUE(testing::WaitUntil([&] { return count("memory: close") >= 4; }, kWait))
+      << ReadFile(log_path);
+  EXPECT_EQ(count("client sent NBD_CMD_DISC"), 4) << ReadFile(log_path);
+  EXPECT_EQ(count("non-properly terminated"), 0) << ReadFile(log_path);
 }
 
 TEST(TlsTest, UriCarriesLibnbdTlsKeys) {

@@ -10,9 +10,10 @@
 #   tools/bench/perf_matrix.sh                 # everything (about 25 minutes)
 #   SERVERS="memory-unix null-unix" WORKLOADS="randread:4k:16:4" tools/bench/perf_matrix.sh
 #
-# SERVERS may also name null-unix-shared (nbdkit on CPUs 0 and 1, the client on 1) and
+# SERVERS may also name null-unix-shared (nbdkit on CPUs 0 and 1, the client on 1),
 # fastsrv-unix (../shared/tools/fastsrv.c, or FASTSRV_SOURCE: a minimal in-memory server with
-# headroom, for nbdring's own ceiling).
+# headroom, for nbdring's own ceiling), and memory-tls-x509-unix / memory-tls-psk-unix /
+# memory-tls-x509-tcp (nbdkit --tls=require with credentials made here by certtool/psktool).
 # WORKLOADS entries are rw:bs:iodepth:connections. ROUNDS, RUNTIME and RAMP pass through.
 set -euo pipefail
 
@@ -50,6 +51,27 @@ stop_server() {
 }
 trap stop_server EXIT
 
+# A CA, a server certificate for localhost and a client certificate (the layout nbdkit and
+# libnbd share), and a PSK for user "bench", in $OUT/tls.
+make_tls_credentials() {
+  local dir="$OUT/tls"
+  [ -f "$dir/keys.psk" ] && return
+  mkdir -p "$dir"
+  (
+    cd "$dir"
+    certtool --generate-privkey --key-type=ecdsa --outfile ca-key.pem 2>/dev/null
+    printf 'cn = bench CA\nca\ncert_signing_key\nexpiration_days = 30\n' >ca.info
+    certtool --generate-self-signed --load-privkey ca-key.pem --template ca.info --outfile ca-cert.pem 2>/dev/null
+    for side in server client; do
+      certtool --generate-privkey --key-type=ecdsa --outfile "$side-key.pem" 2>/dev/null
+      printf 'cn = localhost\ndns_name = localhost\ntls_www_%s\nsigning_key\nencryption_key\nexpiration_days = 30\n' "$side" >"$side.info"
+      certtool --generate-certificate --load-ca-certificate ca-cert.pem --load-ca-privkey ca-key.pem \
+        --load-privkey "$side-key.pem" --template "$side.info" --outfile "$side-cert.pem" 2>/dev/null
+    done
+    psktool -u bench -p keys.psk >/dev/null
+  )
+}
+
 # Starts server $1 and sets URI.
 start_server() {
   local socket="$OUT/$1.sock"
@@ -74,6 +96,18 @@ start_server() {
       gcc -O2 -Wall -o "$OUT/fastsrv" "${FASTSRV_SOURCE:-../shared/tools/fastsrv.c}" -lpthread
       taskset -c 0 "$OUT/fastsrv" -U "$socket" -s 1g -P &
       URI="nbd+unix:///?socket=$socket" ;;
+    memory-tls-x509-unix)
+      make_tls_credentials
+      taskset -c 0 nbdkit -f -U "$socket" --tls=require --tls-certificates="$OUT/tls" memory 1G &
+      URI="nbds+unix:///?socket=$socket&tls-certificates=$OUT/tls&tls-hostname=localhost" ;;
+    memory-tls-x509-tcp)
+      make_tls_credentials
+      taskset -c 0 nbdkit -f -i 127.0.0.1 -p "$PORT" --tls=require --tls-certificates="$OUT/tls" memory 1G &
+      URI="nbds://localhost:$PORT/?tls-certificates=$OUT/tls" ;;
+    memory-tls-psk-unix)
+      make_tls_credentials
+      taskset -c 0 nbdkit -f -U "$socket" --tls=require --tls-psk="$OUT/tls/keys.psk" memory 1G &
+      URI="nbds+unix://bench@/?socket=$socket&tls-psk-file=$OUT/tls/keys.psk" ;;
     *) echo "unknown server $1" >&2; exit 2 ;;
   esac
   server_pid=$!
