@@ -15,6 +15,7 @@
 // socket must carry requests whole and in order:
 //     idle --Flush() finds staged work--> sending --CQE, all bytes--> idle
 //                                         sending --CQE, short-----> sending (rest of batch)
+//                                         sending --CQE, TLS chunk-> sending (next chunk sealed)
 //                                         sending --CQE, error-----> connection fails
 // Requests are staged only while the chain is idle, so everything issued during one loop
 // turn (and while the previous batch was in the kernel) leaves in one sendmsg. A reply can be
@@ -27,9 +28,9 @@
 // replies; when the parser is inside a read payload of at least direct_receive_bytes, the recv
 // targets the caller's buffer instead (MSG_WAITALL), so large reads are never copied.
 //
-// TLS: with a session, the chain sends what StageBatch sealed (the batch's headers and
-// payloads corked into as few records as fit, copied, so the caller's write buffer is free
-// once sealed) and every recv carries ciphertext into receive_buffer_, which is opened record
+// TLS: with a session, the chain sends the batch sealed in chunks of kTlsSealChunkBytes (the
+// headers and small payloads corked into as few records as fit), one chunk in the kernel at a
+// time, so the server decrypts one while the next is sealed; and every recv carries ciphertext into receive_buffer_, which is opened record
 // by record: small replies into plaintext_ and through the parser, a read payload straight
 // into the caller's buffer. No recv ever targets a caller's buffer then.
 //
@@ -170,6 +171,7 @@ class Connection : private nbd::RequestLookup {
 
   // The most plaintext one TLS record carries.
   static constexpr size_t kTlsPlaintextBytes = 16 * 1024;
+  static constexpr size_t kTlsSealChunkBytes = 64 * 1024;
 
   // Every in-use slot leaves the table through here.
   void ReleaseSlot(uint64_t cookie, Slot* slot);
@@ -177,9 +179,12 @@ class Connection : private nbd::RequestLookup {
   nbd::InflightRequest* Find(uint64_t cookie) override;
 
   void StageBatch();
-  // Seals the staged iovecs when TLS is on (they become one iovec of records, followed by
-  // close_notify when asked), then posts.
+  // Posts the staged iovecs; with TLS, seals their first chunk (followed by close_notify,
+  // when asked, after the batch's last chunk) and posts that.
   void SealAndPost(bool then_close_notify = false);
+  // TLS: seals up to kTlsSealChunkBytes more of the batch into sealed_. A large batch goes
+  // out chunk by chunk, so the server decrypts the first while the next is being sealed.
+  bool SealNextChunk();
   void PostSend();
   static void OnSend(IoCompletion* completion);
   void ArmReceive();
@@ -225,7 +230,11 @@ class Connection : private nbd::RequestLookup {
   bool disconnect_sent_ = false;
   std::unique_ptr<uint8_t[]> headers_;
   std::vector<iovec> iovecs_;
-  std::vector<uint8_t> sealed_;  // TLS records of the batch in the kernel
+  // TLS: the batch's plaintext is iovecs_ from iovec_first_ (not sealed yet); sealed_ holds
+  // the records of the chunk in the kernel, sealed_unsent_ what of them is not sent yet.
+  std::vector<uint8_t> sealed_;
+  iovec sealed_unsent_{};
+  bool close_notify_after_batch_ = false;
   size_t iovec_first_ = 0;  // first iovec not completely sent
   size_t iovec_count_ = 0;
   msghdr message_{};

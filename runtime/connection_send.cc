@@ -77,19 +77,40 @@ void Connection::Flush() {
 
 void Connection::SealAndPost(bool then_close_notify) {
   if (tls_ != nullptr) {
-    absl::Status sealed =
-        tls_->Seal(absl::MakeConstSpan(&iovecs_[iovec_first_], iovec_count_ - iovec_first_));
-    if (!sealed.ok()) {
-      Fail(absl::Status(sealed.code(), absl::StrCat(options_.description, ": ", sealed.message())));
-      return;
-    }
-    if (then_close_notify) tls_->Close();
-    tls_->TakeOutput(&sealed_);
-    iovecs_[0] = {sealed_.data(), sealed_.size()};
-    iovec_first_ = 0;
-    iovec_count_ = 1;
+    close_notify_after_batch_ = then_close_notify;
+    if (!SealNextChunk()) return;
   }
   PostSend();
+}
+
+bool Connection::SealNextChunk() {
+  // Whole iovecs while they fit the chunk, then a prefix of the next one (the rest stays in
+  // iovecs_ for the next chunk).
+  size_t budget = kTlsSealChunkBytes;
+  const size_t first = iovec_first_;
+  iovec partial{};
+  while (iovec_first_ < iovec_count_ && budget > 0) {
+    iovec& piece = iovecs_[iovec_first_];
+    if (piece.iov_len <= budget) {
+      budget -= piece.iov_len;
+      ++iovec_first_;
+      continue;
+    }
+    partial = {piece.iov_base, budget};
+    piece.iov_base = static_cast<uint8_t*>(piece.iov_base) + budget;
+    piece.iov_len -= budget;
+    budget = 0;
+  }
+  absl::Status sealed = tls_->Seal(absl::MakeConstSpan(&iovecs_[first], iovec_first_ - first));
+  if (sealed.ok() && partial.iov_len > 0) sealed = tls_->Seal(absl::MakeConstSpan(&partial, 1));
+  if (!sealed.ok()) {
+    Fail(absl::Status(sealed.code(), absl::StrCat(options_.description, ": ", sealed.message())));
+    return false;
+  }
+  if (iovec_first_ == iovec_count_ && close_notify_after_batch_) tls_->Close();
+  tls_->TakeOutput(&sealed_);
+  sealed_unsent_ = {sealed_.data(), sealed_.size()};
+  return true;
 }
 
 void Connection::StageBatch() {
@@ -180,8 +201,13 @@ void Connection::StageBatch() {
 
 void Connection::PostSend() {
   message_ = {};
-  message_.msg_iov = &iovecs_[iovec_first_];
-  message_.msg_iovlen = iovec_count_ - iovec_first_;
+  if (tls_ != nullptr) {
+    message_.msg_iov = &sealed_unsent_;
+    message_.msg_iovlen = 1;
+  } else {
+    message_.msg_iov = &iovecs_[iovec_first_];
+    message_.msg_iovlen = iovec_count_ - iovec_first_;
+  }
   io_uring_sqe* sqe = ring_->Prepare(&send_completion_);
   // MSG_WAITALL: the kernel resumes a send the socket buffer cut short by itself instead of
   // completing it short (one CQE and one more sendmsg per buffer-full: 1 MiB writes went
@@ -189,7 +215,7 @@ void Connection::PostSend() {
   // an error or shutdown can cause.
   io_uring_prep_sendmsg(sqe, fd_.get(), &message_, MSG_NOSIGNAL | MSG_WAITALL);
   size_t bytes = 0;
-  for (size_t i = iovec_first_; i < iovec_count_; ++i) bytes += iovecs_[i].iov_len;
+  for (size_t i = 0; i < message_.msg_iovlen; ++i) bytes += message_.msg_iov[i].iov_len;
   inline_send_posted_ = bytes <= kInlineSendBytes;
   send_in_flight_ = true;
   ++kernel_operations_;
@@ -216,21 +242,35 @@ void Connection::OnSend(IoCompletion* completion) {
   }
   // Advance past what the kernel took; a short send leaves the rest for another sendmsg.
   size_t sent = static_cast<size_t>(result);
-  while (sent > 0 && self->iovec_first_ < self->iovec_count_) {
-    iovec& vector = self->iovecs_[self->iovec_first_];
-    if (sent >= vector.iov_len) {
-      sent -= vector.iov_len;
-      ++self->iovec_first_;
-    } else {
-      vector.iov_base = static_cast<uint8_t*>(vector.iov_base) + sent;
-      vector.iov_len -= sent;
-      sent = 0;
+  if (self->tls_ != nullptr) {
+    self->sealed_unsent_.iov_base = static_cast<uint8_t*>(self->sealed_unsent_.iov_base) + sent;
+    self->sealed_unsent_.iov_len -= std::min(sent, self->sealed_unsent_.iov_len);
+    if (self->sealed_unsent_.iov_len > 0) {
+      self->PostSend();
+      self->inline_send_posted_ = false;  // the socket buffer was full: this one may wait
+      return;
     }
-  }
-  if (self->iovec_first_ < self->iovec_count_) {
-    self->PostSend();
-    self->inline_send_posted_ = false;  // the socket buffer was full: this one may wait
-    return;
+    if (self->iovec_first_ < self->iovec_count_) {  // the batch's next chunk
+      if (self->SealNextChunk()) self->PostSend();
+      return;
+    }
+  } else {
+    while (sent > 0 && self->iovec_first_ < self->iovec_count_) {
+      iovec& vector = self->iovecs_[self->iovec_first_];
+      if (sent >= vector.iov_len) {
+        sent -= vector.iov_len;
+        ++self->iovec_first_;
+      } else {
+        vector.iov_base = static_cast<uint8_t*>(vector.iov_base) + sent;
+        vector.iov_len -= sent;
+        sent = 0;
+      }
+    }
+    if (self->iovec_first_ < self->iovec_count_) {
+      self->PostSend();
+      self->inline_send_posted_ = false;  // the socket buffer was full: this one may wait
+      return;
+    }
   }
   self->sent_batch_ = self->batch_;
   if (self->state_ == State::kDisconnecting && self->disconnect_sent_) {
