@@ -420,6 +420,9 @@ class CuttingProxy {
   }
   std::string uri() const { return absl::StrCat("nbds+unix:///?socket=", path_); }
   void ArmCut() { armed_ = true; }
+  // Instead of cutting: flips one bit in the middle of the next thing the server sends and
+  // forwards everything (a record that fails its integrity check).
+  void ArmCorrupt() { corrupt_ = true; }
   bool cut() const { return cut_; }
 
  private:
@@ -452,6 +455,10 @@ class CuttingProxy {
       if (fds[1].revents != 0) {
         ssize_t n = recv(server, buffer.data(), buffer.size(), 0);
         if (n <= 0) break;
+        if (corrupt_.exchange(false)) {
+          buffer[static_cast<size_t>(n) / 2] ^= 0x10;
+          cut_ = true;
+        }
         // A record header is 5 bytes, so 7 bytes end inside a record whatever comes next.
         const size_t forward = armed_ ? std::min<size_t>(7, static_cast<size_t>(n)) : n;
         send(client, buffer.data(), forward, MSG_NOSIGNAL);
@@ -472,6 +479,7 @@ class CuttingProxy {
   std::thread thread_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> armed_{false};
+  std::atomic<bool> corrupt_{false};
   std::atomic<bool> cut_{false};
 };
 
@@ -503,6 +511,27 @@ TEST(TlsTest, ServerStreamEndingMidRecordFailsTheRequestsCleanly) {
     EXPECT_EQ(tracker.status(&reads[i]).code(), absl::StatusCode::kUnavailable)
         << tracker.status(&reads[i]);
   }
+  EXPECT_TRUE((*client)->Close().ok());
+}
+
+TEST(TlsTest, CorruptRecordFailsTheRequestsCleanly) {
+  auto server = StartX509Nbdkit(Credentials().server_dir(), {"memory", "16M"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  CuttingProxy proxy((*server)->socket_path());
+  ClientOptions options;
+  options.uri = proxy.uri();
+  options.tls_certificates = Credentials().client_dir();
+  auto client = Client::Connect(options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  std::vector<uint8_t> buffer(1 << 20);
+  ASSERT_TRUE((*client)->PreadSync(buffer.data(), 4096, 0).ok());
+  proxy.ArmCorrupt();
+  absl::Status status = (*client)->PreadSync(buffer.data(), buffer.size(), 0);
+  EXPECT_TRUE(proxy.cut());
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  EXPECT_THAT(status.message(), HasSubstr("TLS session broken"));
+  // The connection is gone for good (no reconnect): later requests fail at once, cleanly.
+  EXPECT_EQ((*client)->PreadSync(buffer.data(), 4096, 0).code(), absl::StatusCode::kUnavailable);
   EXPECT_TRUE((*client)->Close().ok());
 }
 
@@ -558,6 +587,22 @@ TEST(TlsTest, StartTlsRefusedFailsWhenRequired) {
   ASSERT_FALSE(client.ok());
   EXPECT_THAT(client.status().message(), HasSubstr("TLS is required"));
   EXPECT_TRUE(server.Wait().ok());
+}
+
+TEST(TlsTest, OldstyleServerFailsWhenTlsIsRequired) {
+  std::vector<uint8_t> oldstyle = {'N', 'B', 'D', 'M', 'A', 'G', 'I', 'C',
+                                   0x00, 0x00, 0x42, 0x02, 0x81, 0x86, 0x12, 0x53,  // cliserv
+                                   0, 0, 0, 0, 0, 0x10, 0, 0,                      // 1 MiB
+                                   0, 0, 0, 1};                                    // HAS_FLAGS
+  oldstyle.resize(oldstyle.size() + 124, 0);
+  script::ScriptedServer server({script::SendRaw(oldstyle), script::ExpectClose()});
+  ClientOptions options;
+  options.uri = Secure(server.uri());
+  options.tls_certificates = Credentials().client_dir();
+  auto client = Client::Connect(options);
+  ASSERT_FALSE(client.ok());
+  EXPECT_THAT(client.status().message(), HasSubstr("oldstyle"));
+  EXPECT_THAT(client.status().message(), HasSubstr("TLS is required"));
 }
 
 TEST(TlsTest, ServerWithoutFixedNewstyleFailsWhenTlsIsRequired) {
