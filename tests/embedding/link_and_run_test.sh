@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# Links tests/embedding/app.cc against libnbdring.a with plain g++ (the line
-# docs/embedding.md shows), then runs it against a captive nbdkit. Arguments are extra
-# compiler flags (the sanitizer the archive was built with).
+# Installs nbdring into a fresh prefix with the install script (what `bazel run //:install --
+# PREFIX` runs), then builds a C++ program (tests/embedding/app.cc) and a C11 program
+# (tests/capi/c_program.c) outside Bazel with nothing but the compiler and
+# `pkg-config --cflags --libs nbdring`, and runs both against a captive nbdkit.
+# Arguments are extra compiler flags (the sanitizer the archive was built with).
 set -euo pipefail
 root="${TEST_SRCDIR}/${TEST_WORKSPACE}"
 work=$(mktemp -d /tmp/nbdr-embed-XXXXXX)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/include/nbdring" "$work/include/nbd"
-cp "$root"/runtime/include/nbdring/*.h "$work/include/nbdring/"
-cp "$root"/nbd/{export_info,uri,wire}.h "$work/include/nbd/"
-absl_libs="-labsl_statusor -labsl_status -labsl_cord -labsl_cordz_info -labsl_cord_internal \
-  -labsl_cordz_functions -labsl_cordz_handle -labsl_str_format_internal -labsl_strings \
-  -labsl_strings_internal -labsl_time -labsl_time_zone -labsl_int128 -labsl_raw_logging_internal \
-  -labsl_throw_delegate -labsl_base -labsl_spinlock_wait -labsl_bad_optional_access"
-g++ -std=c++20 -O2 "$@" -I"$work/include" "$root/tests/embedding/app.cc" "$root/libnbdring.a" \
-  -luring $absl_libs -pthread -o "$work/app"
-nbdkit -U "$work/sock" memory 4M --run "'$work/app' \"\$uri\""
+"$root/tools/install.sh" "$work/prefix" >/dev/null
+export PKG_CONFIG_PATH="$work/prefix/lib/pkgconfig"
+flags=$(pkg-config --cflags --libs nbdring)
+g++ -std=c++20 -O2 "$@" "$root/tests/embedding/app.cc" $flags -o "$work/app_cc"
+gcc -std=c11 -D_POSIX_C_SOURCE=200809L -O2 "$@" "$root/tests/capi/c_program.c" $flags \
+  -o "$work/app_c"
+nbdkit -U "$work/cc.sock" memory 4M --run "'$work/app_cc' \"\$uri\""
+nbdkit -U "$work/c.sock" memory 64M --run "'$work/app_c' \"\$uri\""
+echo "C++ and C programs built with pkg-config against the installed prefix ran"
