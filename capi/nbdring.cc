@@ -255,6 +255,25 @@ int nbdring_options_set(nbdring_options* options, const char* key, const char* v
   return 0;
 }
 
+int nbdring_options_set_log(nbdring_options* options, nbdring_log_callback log, void* user_data,
+                            int max_level) {
+  if (options == nullptr) return Fail(EFAULT, "nbdring_options_set_log: options is NULL");
+  if (max_level < NBDRING_LOG_ERROR || max_level > NBDRING_LOG_DEBUG) {
+    return Fail(EINVAL, absl::StrCat("nbdring_options_set_log: level ", max_level,
+                                     " is not NBDRING_LOG_ERROR, _INFO or _DEBUG"));
+  }
+  if (log == nullptr) {
+    options->options.log = nullptr;
+    return 0;
+  }
+  options->options.log_level = static_cast<nbdring::LogLevel>(max_level);
+  options->options.log = [log, user_data](nbdring::LogLevel level, absl::string_view message) {
+    const std::string text(message);  // NUL-terminated for C
+    log(user_data, static_cast<int>(level), text.c_str());
+  };
+  return 0;
+}
+
 nbdring_client* nbdring_connect(const char* uri, const nbdring_options* options) {
   if (uri == nullptr) {
     Fail(EFAULT, "nbdring_connect: uri is NULL");

@@ -14,6 +14,7 @@
 #include "nbd/request.h"
 #include "nbdring/client.h"
 #include "runtime/connection.h"
+#include "runtime/logger.h"
 #include "runtime/operation_state.h"
 #include "runtime/ring_thread.h"
 #include "runtime/socket.h"
@@ -35,6 +36,7 @@ class Client::Impl {
   // that has stopped taking its inbox (see Submit).
   std::atomic<uint32_t> submits_in_progress{0};
   int connection_count = 0;
+  std::shared_ptr<const Logger> logger;
 
   // The ring whose thread is calling, or nullptr from any other thread.
   RingThread* CurrentRing() const {
@@ -268,6 +270,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
 
   auto tls = PlanTls(options, *address);
   if (!tls.ok()) return tls.status();
+  std::shared_ptr<const Logger> logger = Logger::Create(options);
+  logger->Log(LogLevel::kInfo, absl::StrCat("connecting to ", address->ToString(), " (",
+                                            wanted_connections, " connection(s))"));
   std::vector<Reconnected> sockets;
   auto first =
       OpenAndNegotiate(options, *address, nbd::HandshakeOptions::Goal::kTransmission, *tls);
@@ -288,6 +293,12 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
     }
   }
 
+  if (logger->enabled(LogLevel::kInfo)) {
+    logger->Log(LogLevel::kInfo, absl::StrCat(
+        "negotiated export '", info.name, "': size ", info.size, ", flags 0x",
+        absl::Hex(info.transmission_flags), ", ", nbd::ReplyModeName(info.reply_mode), " replies, ",
+        info.meta_contexts.size(), " meta context(s), ", info.tls ? "TLS" : "no TLS"));
+  }
   int connections = wanted_connections;
   if (connections > 1 && !info.can_multi_conn()) {
     client->notes_.push_back(absl::StrCat(
@@ -341,6 +352,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
     connection_options.max_payload_part = max_payload;
     connection_options.max_effect_part = (uint64_t{1} << 32) - (uint64_t{1} << 16);
     connection_options.index = i;
+    connection_options.logger = logger;
     connection_options.description =
         absl::StrCat("connection ", i + 1, " to ", impl.address_text);
     if (options.reconnect) {
@@ -392,6 +404,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   }
   // Every ring of a process probes the same kernel: one note says which paths they took.
   client->notes_.push_back(absl::StrCat("io_uring: ", impl.rings.front()->ring_description()));
+  for (const std::string& note : client->notes_) logger->Log(LogLevel::kInfo, note);
+  impl.logger = logger;
   return client;
 }
 
@@ -403,6 +417,7 @@ absl::Status Client::Close() {
     return absl::FailedPreconditionError("Client::Close called from one of its own callbacks");
   }
   if (impl_->closed.exchange(true)) return absl::OkStatus();
+  if (impl_->logger != nullptr) impl_->logger->Log(LogLevel::kInfo, "closing");
   // A Submit that read `closed` as false is about to hand its operation to a ring; the rings
   // must take it before they stop (see Submit). Such a call is a few instructions long.
   while (impl_->submits_in_progress.load() != 0) std::this_thread::yield();

@@ -25,6 +25,7 @@ Connection::Connection(Ring* ring, FileDescriptor fd, std::unique_ptr<TlsSession
       table_(options_.inflight_limit),
       parser_(nbd::ReplyParserOptions{}, this),
       client_contexts_(std::move(client_contexts)) {
+  if (options_.logger == nullptr) options_.logger = std::make_shared<Logger>();  // off
   parser_options_.mode = info.reply_mode;
   AdoptMetaContexts(info);
   // One header per slot plus NBD_CMD_DISC; a header and a payload iovec per slot.
@@ -112,6 +113,9 @@ void Connection::StartReconnecting() {
   fd_ = FileDescriptor();
   tls_.reset();
   state_ = State::kReconnecting;
+  options_.logger->Log(LogLevel::kInfo,
+                       absl::StrCat(options_.description, ": reconnecting (",
+                                    failure_.message(), ")"));
   reconnector_->Start(absl::Now() + absl::Nanoseconds(options_.reconnect_delay_ns));
 }
 
@@ -126,6 +130,7 @@ void Connection::PollReconnect() {
         options_.description, ": lost the connection (", failure_.message(),
         ") and could not reconnect within ", options_.reconnect_delay_ns / 1000000,
         " ms: ", result->status().message()));
+    options_.logger->Log(LogLevel::kError, failure_.message());
     MaybeFinishDying();
     return;
   }
@@ -135,6 +140,8 @@ void Connection::PollReconnect() {
   state_ = State::kOpen;
   failure_ = absl::OkStatus();
   Increment(counters_.reconnects);
+  options_.logger->Log(LogLevel::kInfo, absl::StrCat(options_.description, ": reconnected",
+                                                     tls_ != nullptr ? " (TLS)" : ""));
   Start();
 }
 
@@ -217,6 +224,8 @@ void Connection::Fail(absl::Status status) {
   if (state_ == State::kDying || state_ == State::kClosed) return;
   state_ = State::kDying;
   failure_ = std::move(status);
+  options_.logger->Log(LogLevel::kError, absl::StrCat("connection failed: ", failure_.ToString(),
+                                                      " (", table_.in_use(), " in flight)"));
   // Makes the kernel finish our recv and send now instead of whenever the server acts.
   shutdown(fd_.get(), SHUT_RDWR);
   if (kernel_operations_ > 0) {

@@ -56,6 +56,7 @@
 #include "nbdring/operation.h"
 #include "runtime/operation_state.h"
 #include "runtime/inflight_table.h"
+#include "runtime/logger.h"
 #include "runtime/operation_queue.h"
 #include "runtime/reconnector.h"
 #include "runtime/ring.h"
@@ -78,6 +79,7 @@ struct ConnectionOptions {
   Reconnector::Attempt reconnect;
   std::function<void()> wake_ring;
   int64_t reconnect_delay_ns = 0;
+  std::shared_ptr<const Logger> logger;  // null: logging off
 };
 
 struct ConnectionCounters {

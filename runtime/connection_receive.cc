@@ -192,6 +192,12 @@ void Connection::ProcessInput(absl::Span<const uint8_t> input) {
         }
         break;
       case nbd::ReplyEvent::Kind::kDone:
+        if (options_.logger->enabled(LogLevel::kDebug)) {
+          options_.logger->Log(LogLevel::kDebug,
+                               absl::StrCat(options_.description, ": reply cookie ", event.cookie,
+                                            " ", nbd::CommandName(slot->command), ": ",
+                                            event.status.ok() ? "OK" : event.status.ToString()));
+        }
         if (!event.status.ok() && state_ == State::kOpen &&
             nbd::NbdErrorOf(event.status) == nbd::kEShutdown) {
           BeginSoftDisconnect(event.status);

@@ -182,6 +182,13 @@ void Connection::StageBatch() {
       Increment(counters_.bytes_written, part_length);
     }
     Increment(counters_.wire_requests);
+    if (options_.logger->enabled(LogLevel::kDebug)) {
+      options_.logger->Log(LogLevel::kDebug,
+                           absl::StrCat(options_.description, ": request ",
+                                        nbd::CommandName(header.command), " cookie ", cookie,
+                                        " offset ", header.offset, " length ", header.length,
+                                        " flags 0x", absl::Hex(header.flags)));
+    }
     outstanding_bytes_ += part_length + nbd::kCompactRequestSize;
     ++StateOf(operation).parts_outstanding;
     StateOf(operation).last_batch = batch_;

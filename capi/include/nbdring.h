@@ -51,6 +51,19 @@ nbdring_options *nbdring_options_create(void);
 int nbdring_options_set(nbdring_options *options, const char *key, const char *value);
 void nbdring_options_destroy(nbdring_options *options);
 
+/* Diagnostics: `log` receives every message at `max_level` or below (NBDRING_LOG_ERROR: a
+ * connection failed; NBDRING_LOG_INFO: connecting, what was negotiated, reconnects;
+ * NBDRING_LOG_DEBUG: every request and reply). It may be called from several of the client's
+ * threads at once and must return quickly; `message` is valid during the call only. A NULL
+ * `log` turns the hook off; with no hook, NBDRING_DEBUG=1 in the environment prints
+ * everything to stderr. Returns 0, or -1 for a bad level. */
+#define NBDRING_LOG_ERROR 0
+#define NBDRING_LOG_INFO 1
+#define NBDRING_LOG_DEBUG 2
+typedef void (*nbdring_log_callback)(void *user_data, int level, const char *message);
+int nbdring_options_set_log(nbdring_options *options, nbdring_log_callback log,
+                            void *user_data, int max_level);
+
 /* Connects to an NBD URI (nbd://, nbd+unix://, nbd+vsock://, and the nbds forms with TLS,
  * taking libnbd's tls-* query keys); options may be NULL. */
 nbdring_client *nbdring_connect(const char *uri, const nbdring_options *options);

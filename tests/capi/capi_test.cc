@@ -6,7 +6,9 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/synchronization/notification.h"
@@ -96,6 +98,45 @@ TEST(CApiTest, TlsSettingsByName) {
   EXPECT_EQ(nbdring_get_errno(), EACCES);
   EXPECT_NE(LastError().find("certificate"), std::string::npos) << LastError();
   nbdring_options_destroy(options);
+}
+
+struct LogLines {
+  std::mutex mutex;
+  std::vector<std::pair<int, std::string>> lines;
+};
+
+void CollectLog(void* user_data, int level, const char* message) {
+  auto* log = static_cast<LogLines*>(user_data);
+  std::lock_guard<std::mutex> lock(log->mutex);
+  log->lines.emplace_back(level, message);
+}
+
+TEST(CApiTest, LogCallbackGetsLevelsAndMessages) {
+  auto server = StartServer({"memory", "1M"});
+  ASSERT_NE(server, nullptr);
+  nbdring_options* options = nbdring_options_create();
+  EXPECT_EQ(nbdring_options_set_log(options, CollectLog, nullptr, 7), -1);
+  EXPECT_EQ(nbdring_get_errno(), EINVAL);
+  LogLines log;
+  ASSERT_EQ(nbdring_options_set_log(options, CollectLog, &log, NBDRING_LOG_DEBUG), 0);
+  nbdring_client* client = nbdring_connect(server->uri().c_str(), options);
+  nbdring_options_destroy(options);
+  ASSERT_NE(client, nullptr) << LastError();
+  char buffer[512];
+  EXPECT_EQ(nbdring_pread(client, buffer, sizeof(buffer), 512, 0), 0) << LastError();
+  EXPECT_EQ(nbdring_close(client), 0);
+  std::lock_guard<std::mutex> lock(log.mutex);
+  int requests = 0, negotiated = 0;
+  for (const auto& [level, line] : log.lines) {
+    if (level == NBDRING_LOG_DEBUG && line.find("request NBD_CMD_READ") != std::string::npos) {
+      ++requests;
+    }
+    if (level == NBDRING_LOG_INFO && line.find("negotiated export") != std::string::npos) {
+      ++negotiated;
+    }
+  }
+  EXPECT_EQ(requests, 1);
+  EXPECT_EQ(negotiated, 1);
 }
 
 TEST(CApiTest, SynchronousCallsAndExportFlags) {

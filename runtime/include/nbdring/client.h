@@ -34,6 +34,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -41,6 +42,7 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "nbd/export_info.h"
@@ -52,6 +54,13 @@
 namespace nbdring {
 
 using nbd::ExportInfo;
+
+// How much a Client tells ClientOptions::log.
+enum class LogLevel {
+  kError,  // a connection failed, a reconnect gave up
+  kInfo,   // connecting, what was negotiated (export, flags, TLS), reconnects, closing
+  kDebug,  // every request sent and every reply, as libnbd's LIBNBD_DEBUG=1 shows them
+};
 
 struct ClientOptions {
   // Where to connect: an NBD URI (nbd://, nbd+unix://, nbd+vsock://, and nbds://,
@@ -122,6 +131,15 @@ struct ClientOptions {
   // Protocol violations and request timeouts still close the connection for good.
   bool reconnect = false;
   absl::Duration reconnect_delay = absl::Seconds(30);
+  // Diagnostics. `log` receives every message at or above `log_level`; it is called from the
+  // thread calling Connect, from ring threads and from reconnect attempts, possibly at the
+  // same time, so it must be thread-safe, and it should return quickly (kDebug calls it twice
+  // per request). With no `log`, the environment variable NBDRING_DEBUG=1 prints kDebug and
+  // above to stderr as "nbdring: <message>". Nothing is logged otherwise, and a request
+  // costs one predictable branch for it.
+  std::function<void(LogLevel level, absl::string_view message)> log;
+  LogLevel log_level = LogLevel::kInfo;
+
   // Completion batching: while a ring has at least `completion_batch_min_in_flight` requests
   // in flight, it waits a little for more replies before waking, so one wakeup handles many
   // replies. The wait is sized from the observed reply rate so that about 1/16 of the
