@@ -5,6 +5,7 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -31,7 +32,8 @@ Connection::Connection(Ring* ring, FileDescriptor fd, std::unique_ptr<TlsSession
   // One header per slot plus NBD_CMD_DISC; a header and a payload iovec per slot.
   headers_ = std::make_unique<uint8_t[]>((options_.inflight_limit + 1) * nbd::kExtendedRequestSize);
   iovecs_.resize(2 * options_.inflight_limit + 2);
-  receive_buffer_ = std::make_unique<uint8_t[]>(options_.receive_buffer_bytes);
+  receive_buffer_capacity_ = std::min(options_.receive_buffer_bytes, kInitialReceiveBytes);
+  receive_buffer_ = std::make_unique<uint8_t[]>(receive_buffer_capacity_);
   // Every later session (after a reconnect) is TLS too: the export did not change.
   if (tls_ != nullptr) plaintext_ = std::make_unique<uint8_t[]>(kTlsPlaintextBytes);
   send_completion_.handler = &Connection::OnSend;

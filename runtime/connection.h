@@ -28,11 +28,16 @@
 // replies; when the parser is inside a read payload of at least direct_receive_bytes, the recv
 // targets the caller's buffer instead (MSG_WAITALL), so large reads are never copied.
 //
+// The receive buffer starts small (kInitialReceiveBytes) and doubles, up to
+// receive_buffer_bytes, each time a recv fills it: an idle or lightly loaded connection costs
+// little, a busy one soon takes many replies per recv.
+//
 // TLS: with a session, the chain sends the batch sealed in chunks of kTlsSealChunkBytes (the
 // headers and small payloads corked into as few records as fit), one chunk in the kernel at a
-// time, so the server decrypts one while the next is sealed; and every recv carries ciphertext into receive_buffer_, which is opened record
-// by record: small replies into plaintext_ and through the parser, a read payload straight
-// into the caller's buffer. No recv ever targets a caller's buffer then.
+// time, so the server decrypts one while the next is sealed; and every recv carries
+// ciphertext into receive_buffer_, which is opened record by record: small replies into
+// plaintext_ and through the parser, a read payload straight into the caller's buffer. No
+// recv ever targets a caller's buffer then.
 //
 // Failure: the first fatal error (server closed, socket error, protocol violation, timeout)
 // moves the connection to kDying. The socket is shut down so the kernel finishes our pending
@@ -174,6 +179,7 @@ class Connection : private nbd::RequestLookup {
   // The most plaintext one TLS record carries.
   static constexpr size_t kTlsPlaintextBytes = 16 * 1024;
   static constexpr size_t kTlsSealChunkBytes = 64 * 1024;
+  static constexpr uint32_t kInitialReceiveBytes = 16 * 1024;
 
   // Every in-use slot leaves the table through here.
   void ReleaseSlot(uint64_t cookie, Slot* slot);
@@ -250,6 +256,7 @@ class Connection : private nbd::RequestLookup {
   IoCompletion receive_completion_;
   IoCompletion cancel_completion_;
   std::unique_ptr<uint8_t[]> receive_buffer_;
+  uint32_t receive_buffer_capacity_ = 0;  // grows to options_.receive_buffer_bytes
   std::unique_ptr<uint8_t[]> plaintext_;  // TLS: one opened record
   bool receive_direct_ = false;
   Operation* receive_direct_operation_ = nullptr;  // whose buffer the armed recv fills

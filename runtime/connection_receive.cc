@@ -65,8 +65,8 @@ void Connection::ArmReceive() {
     // While a large read may be next on the wire, take little beyond its header here, so
     // its payload lands in the caller's buffer instead of being copied out of this one.
     const uint32_t length = large_payloads_in_flight_ > 0 && tls_ == nullptr
-                                ? std::min(options_.receive_buffer_bytes, kLargePayloadStagingBytes)
-                                : options_.receive_buffer_bytes;
+                                ? std::min(receive_buffer_capacity_, kLargePayloadStagingBytes)
+                                : receive_buffer_capacity_;
     io_uring_prep_recv(sqe, fd_.get(), receive_buffer_.get(), length, 0);
     receive_direct_ = false;
     receive_direct_operation_ = nullptr;
@@ -109,11 +109,22 @@ void Connection::OnReceive(IoCompletion* completion) {
     Increment(self->counters_.bytes_read, static_cast<uint64_t>(result));
     self->parser_.PayloadReceivedDirectly(static_cast<uint64_t>(result));
     self->ProcessInput({});
-  } else if (self->tls_ != nullptr) {
-    self->ProcessCiphertext(
-        absl::MakeConstSpan(self->receive_buffer_.get(), static_cast<size_t>(result)));
   } else {
-    self->ProcessInput(absl::MakeConstSpan(self->receive_buffer_.get(), static_cast<size_t>(result)));
+    if (self->tls_ != nullptr) {
+      self->ProcessCiphertext(
+          absl::MakeConstSpan(self->receive_buffer_.get(), static_cast<size_t>(result)));
+    } else {
+      self->ProcessInput(
+          absl::MakeConstSpan(self->receive_buffer_.get(), static_cast<size_t>(result)));
+    }
+    // A full buffer means more was waiting: the next recv gets room for twice as much. The
+    // bytes were all consumed above (the parser and the TLS session keep partial units).
+    if (static_cast<uint32_t>(result) == self->receive_buffer_capacity_ &&
+        self->receive_buffer_capacity_ < self->options_.receive_buffer_bytes) {
+      self->receive_buffer_capacity_ =
+          std::min(self->receive_buffer_capacity_ * 2, self->options_.receive_buffer_bytes);
+      self->receive_buffer_ = std::make_unique<uint8_t[]>(self->receive_buffer_capacity_);
+    }
   }
   if (self->state_ == State::kOpen || self->state_ == State::kDisconnecting) self->ArmReceive();
   if (!self->cancelled_.empty()) self->CompleteCancelled();

@@ -118,9 +118,10 @@ struct ClientOptions {
   // busy are shut down and their requests complete with UnavailableError, so Close()
   // returns within about this bound even against a server that stopped answering.
   absl::Duration close_timeout = absl::Seconds(30);
-  // Receive buffer per connection. Read payloads at least `direct_receive_bytes` long go
-  // straight into the caller's buffer; smaller ones are copied out of this buffer, which
-  // lets one receive carry many replies.
+  // Receive buffer per connection, at most: it starts at 16 KiB and doubles up to this each
+  // time a receive fills it, so idle connections stay small. Read payloads at least
+  // `direct_receive_bytes` long go straight into the caller's buffer; smaller ones are
+  // copied out of this buffer, which lets one receive carry many replies.
   uint32_t receive_buffer_bytes = 256 * 1024;
   uint32_t direct_receive_bytes = 16 * 1024;
   // Reconnect (off by default): when a connection to the server is lost (EOF, socket
