@@ -25,6 +25,7 @@
 #include "tools/bench/flags.h"
 #include "tools/bench/libnbd_engine.h"
 #include "tools/bench/nbdring_engine.h"
+#include "tools/bench/plot.h"
 #include "tools/common/command_line.h"
 #include "tools/bench/report.h"
 #include "tools/bench/run.h"
@@ -168,7 +169,8 @@ absl::Status CheckRegionAfterRun(const RunSpec& spec, bool chatty) {
 }
 
 // --iodepth and --connections lists (or --plot): every combination, connections in the outer
-// loop, each running the engines in `order`; one table or JSON document at the end. An interrupt ends the sweep and shows what was measured.
+// loop, each running the engines in `order`; one table or JSON document at the end, then the
+// plot. An interrupt ends the sweep and shows what was measured.
 int RunSweep(const BenchOptions& options, RunSpec spec, const std::vector<EngineKind>& order,
              const std::string& target, bool chatty) {
   if (!options.json) {
@@ -208,6 +210,14 @@ int RunSweep(const BenchOptions& options, RunSpec spec, const std::vector<Engine
     std::printf("%s", SweepTable(points).c_str());
   }
   std::fflush(stdout);
+  if (!options.plot_path.empty() && !points.empty()) {
+    const std::string title =
+        SweepWorkloadLine(spec, options.iodepths, options.connection_counts, "");
+    if (absl::Status drawn = WriteSweepPlot(points, options.plot_path, title); !drawn.ok()) {
+      return Fail(drawn);
+    }
+    if (chatty) Note(absl::StrCat("plot written to ", options.plot_path));
+  }
   if (Control().interrupted()) return 128 + Control().interrupt_signal();
   return 0;
 }
@@ -248,6 +258,11 @@ int Main(const std::vector<std::string>& arguments) {
     return 0;
   }
   const bool chatty = isatty(STDERR_FILENO);
+  if (!options.plot_path.empty()) {
+    if (absl::Status possible = CheckPlotPossible(options.plot_path); !possible.ok()) {
+      return Fail(possible);
+    }
+  }
 
   std::unique_ptr<EmbeddedServer> server;
   std::string uri = options.uri;
