@@ -16,6 +16,9 @@ packages=(
   nbdkit qemu-utils nbd-server libnbd-dev libnbd-bin fio
   # Comparing JSON output in the tools tests.
   jq
+  # nbd-bench --plot draws sweeps (throughput and p99 against iodepth) with gnuplot; -nox has
+  # the svg and pngcairo terminals without pulling in X11/Qt.
+  gnuplot-nox
 )
 
 missing=()

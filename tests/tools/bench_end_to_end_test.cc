@@ -1,65 +1,25 @@
 // Runs the real nbd-bench binary: short verified runs of both engines against its embedded
 // nbdkit server with JSON output, --compare's shape, --size, and the exit status and
 // one-line message of the errors users hit.
-#include <sys/wait.h>
-
 #include <algorithm>
-#include <cstdio>
-#include <cstdlib>
-#include <fstream>
-#include <iostream>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/testing/server_process.h"
+#include "tests/tools/bench_runner.h"
 
 namespace {
 
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
-struct Outcome {
-  int exit_status = -1;
-  std::string out;
-  std::string err;
-};
-
-std::string BenchPath() {
-  const char* runfiles = std::getenv("TEST_SRCDIR");
-  return absl::StrCat(runfiles != nullptr ? runfiles : ".", "/nbdring/tools/nbd-bench");
-}
-
-// Runs nbd-bench with `arguments`, each single-quoted for the shell (none contains a quote),
-// after the shell words in `environment` (e.g. "PATH=/x").
-Outcome RunBench(const std::vector<std::string>& arguments,
-                 const std::string& environment = "") {
-  const char* temp = std::getenv("TEST_TMPDIR");
-  const std::string stderr_path = absl::StrCat(temp != nullptr ? temp : "/tmp", "/bench.stderr");
-  std::string command = absl::StrCat(environment, " ", BenchPath());
-  for (const std::string& argument : arguments) absl::StrAppend(&command, " '", argument, "'");
-  absl::StrAppend(&command, " 2>", stderr_path, " </dev/null");
-  Outcome outcome;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return outcome;
-  char buffer[4096];
-  size_t read = 0;
-  while ((read = fread(buffer, 1, sizeof(buffer), pipe)) > 0) outcome.out.append(buffer, read);
-  const int status = pclose(pipe);
-  outcome.exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  std::ifstream err(stderr_path);
-  std::stringstream contents;
-  contents << err.rdbuf();
-  outcome.err = contents.str();
-  std::cerr << "$ " << command << "\n" << outcome.out << outcome.err;
-  return outcome;
-}
+using ::nbdbench::testing::Outcome;
+using ::nbdbench::testing::RunBench;
 
 void ExpectOneRun(const nlohmann::json& run, const std::string& engine) {
   EXPECT_EQ(run["engine"], engine);

@@ -135,6 +135,48 @@ TEST_F(ParseCommandLineTest, UsageErrorsAreOneLineInvalidArgument) {
   }
 }
 
+TEST_F(ParseCommandLineTest, CommaListsOfDepthsAndConnectionsMakeASweep) {
+  absl::StatusOr<BenchOptions> options = ParseCommandLine({});
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_THAT(options->iodepths, ElementsAre(16));
+  EXPECT_THAT(options->connection_counts, ElementsAre(1));
+  EXPECT_FALSE(options->sweep());
+
+  options = ParseCommandLine({"--iodepth=64,1,4", "--connections=2,1"});
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_THAT(options->iodepths, ElementsAre(64, 1, 4));  // run in the order given
+  EXPECT_THAT(options->connection_counts, ElementsAre(2, 1));
+  EXPECT_EQ(options->iodepth, 64);
+  EXPECT_EQ(options->connections, 2);
+  EXPECT_TRUE(options->sweep());
+
+  // A plot of one combination is still drawn, so it goes the sweep's way.
+  options = ParseCommandLine({"--plot=out.png"});
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->plot_path, "out.png");
+  EXPECT_TRUE(options->sweep());
+}
+
+TEST_F(ParseCommandLineTest, BadListsNameTheFlagAndTheValue) {
+  const std::vector<std::pair<std::string, const char*>> cases = {
+      {"--iodepth=1,x", "--iodepth=1,x: \"x\" is not a whole number"},
+      {"--iodepth=1,0", "--iodepth=1,0: 0 is out of range [1, 65536]"},
+      {"--iodepth=4,-1", "--iodepth=4,-1: -1 is out of range [1, 65536]"},
+      {"--iodepth=1,99999999999", "--iodepth=1,99999999999: \"99999999999\" is not"},
+      {"--iodepth=1,", "--iodepth=1,: \"\" is not a whole number"},
+      {"--iodepth=8,8", "--iodepth=8,8: 8 is given twice"},
+      {"--connections=1,257", "--connections=1,257: 257 is out of range [1, 256]"},
+      {"--plot=out.jpg", "--plot=out.jpg: the file name must end in .svg or .png"},
+  };
+  for (const auto& [argument, message] : cases) {
+    absl::FlagSaver saver;
+    absl::StatusOr<BenchOptions> options = ParseCommandLine({argument});
+    ASSERT_FALSE(options.ok()) << argument;
+    EXPECT_EQ(options.status().code(), absl::StatusCode::kInvalidArgument) << argument;
+    EXPECT_THAT(options.status().message(), HasSubstr(message)) << argument;
+  }
+}
+
 TEST_F(ParseCommandLineTest, DoubleDashEndsFlags) {
   absl::StatusOr<BenchOptions> options = ParseCommandLine({"--json", "--", "-odd-uri"});
   ASSERT_TRUE(options.ok()) << options.status();

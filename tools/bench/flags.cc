@@ -1,11 +1,13 @@
 #include "tools/bench/flags.h"
 
+#include <algorithm>
 #include <string>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/reflection.h"
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -13,9 +15,12 @@
 ABSL_FLAG(std::string, rw, "randread", "randread, randwrite, read, write or randrw");
 ABSL_FLAG(int, rwmixread, 70, "randrw: percentage of I/Os that are reads");
 ABSL_FLAG(std::string, bs, "4k", "block size: bytes, or with a k/m/g suffix");
-ABSL_FLAG(int, iodepth, 16, "requests in flight per connection");
-ABSL_FLAG(int, connections, 1,
-          "connections to the server (more than one needs NBD_FLAG_CAN_MULTI_CONN)");
+ABSL_FLAG(std::string, iodepth, "16",
+          "requests in flight per connection; a comma list such as 1,4,16,64 sweeps, running "
+          "every combination with --connections and printing one table at the end");
+ABSL_FLAG(std::string, connections, "1",
+          "connections to the server (more than one needs NBD_FLAG_CAN_MULTI_CONN); a comma "
+          "list such as 1,2,4 sweeps");
 ABSL_FLAG(int, threads, 1,
           "nbdring: ring threads; libnbd: poll-loop threads the handles are spread over");
 ABSL_FLAG(absl::Duration, runtime, absl::Seconds(5),
@@ -46,6 +51,10 @@ ABSL_FLAG(absl::Duration, batch_delay, absl::Microseconds(50),
 ABSL_FLAG(bool, prefill, false,
           "write the region before a read workload so reads do not hit never-written areas "
           "(always done for the embedded server; destroys the data of an external export)");
+ABSL_FLAG(std::string, plot, "",
+          "draw throughput and p99 latency against iodepth, one line per connection count "
+          "and engine, into this .svg or .png file (needs gnuplot: apt-get install "
+          "gnuplot-nox)");
 
 namespace nbdbench {
 namespace {
@@ -54,8 +63,8 @@ namespace {
 constexpr const char* kFlagOrder[] = {
     "rw",      "rwmixread", "bs",     "iodepth", "connections", "threads",
     "runtime", "size",      "ramp",   "offset",  "range",       "verify",
-    "engine",  "compare",   "rounds", "json",    "cpus",        "prefill",
-    "batch_delay",
+    "engine",  "compare",   "rounds", "json",    "plot",        "cpus",
+    "prefill", "batch_delay",
 };
 
 absl::CommandLineFlag* FindBenchFlag(absl::string_view name) {
@@ -73,6 +82,32 @@ absl::StatusOr<uint64_t> SizeFlag(absl::string_view name, const std::string& val
   absl::StatusOr<uint64_t> size = ParseByteSize(value);
   if (!size.ok()) return UsageError(absl::StrCat("--", name, ": ", size.status().message()));
   return size;
+}
+
+// A comma list of distinct whole numbers in [minimum, maximum], e.g. --iodepth=1,4,16. Errors
+// name the flag, the list and the bad value; a single value keeps the one-value messages.
+absl::StatusOr<std::vector<int>> IntListFlag(absl::string_view name, const std::string& text,
+                                             int minimum, int maximum) {
+  std::vector<int> values;
+  const std::vector<absl::string_view> parts = absl::StrSplit(text, ',');
+  for (absl::string_view part : parts) {
+    int value = 0;
+    if (!absl::SimpleAtoi(part, &value)) {
+      return UsageError(absl::StrCat("--", name, "=", text, ": \"", part,
+                                     "\" is not a whole number",
+                                     parts.size() > 1 ? " (give a comma list such as 1,4,16)" : ""));
+    }
+    if (value < minimum || value > maximum) {
+      return UsageError(absl::StrCat("--", name, "=", text,
+                                     parts.size() > 1 ? absl::StrCat(": ", value) : "",
+                                     " is out of range [", minimum, ", ", maximum, "]"));
+    }
+    if (std::find(values.begin(), values.end(), value) != values.end()) {
+      return UsageError(absl::StrCat("--", name, "=", text, ": ", value, " is given twice"));
+    }
+    values.push_back(value);
+  }
+  return values;
 }
 
 absl::Status SetFlags(const std::vector<std::string>& arguments, BenchOptions& options) {
@@ -165,8 +200,6 @@ absl::StatusOr<BenchOptions> ParseCommandLine(const std::vector<std::string>& ar
   };
   const Bounded bounded[] = {
       {"rwmixread", absl::GetFlag(FLAGS_rwmixread), 0, 100},
-      {"iodepth", absl::GetFlag(FLAGS_iodepth), 1, 65536},
-      {"connections", absl::GetFlag(FLAGS_connections), 1, 256},
       {"threads", absl::GetFlag(FLAGS_threads), 1, 256},
       {"rounds", absl::GetFlag(FLAGS_rounds), 1, 1000},
   };
@@ -177,8 +210,16 @@ absl::StatusOr<BenchOptions> ParseCommandLine(const std::vector<std::string>& ar
     }
   }
   options.read_percent = absl::GetFlag(FLAGS_rwmixread);
-  options.iodepth = absl::GetFlag(FLAGS_iodepth);
-  options.connections = absl::GetFlag(FLAGS_connections);
+  absl::StatusOr<std::vector<int>> iodepths =
+      IntListFlag("iodepth", absl::GetFlag(FLAGS_iodepth), 1, 65536);
+  if (!iodepths.ok()) return iodepths.status();
+  options.iodepths = *std::move(iodepths);
+  options.iodepth = options.iodepths.front();
+  absl::StatusOr<std::vector<int>> connection_counts =
+      IntListFlag("connections", absl::GetFlag(FLAGS_connections), 1, 256);
+  if (!connection_counts.ok()) return connection_counts.status();
+  options.connection_counts = *std::move(connection_counts);
+  options.connections = options.connection_counts.front();
   options.threads = absl::GetFlag(FLAGS_threads);
   options.rounds = absl::GetFlag(FLAGS_rounds);
 
@@ -206,6 +247,13 @@ absl::StatusOr<BenchOptions> ParseCommandLine(const std::vector<std::string>& ar
   options.batch_delay = absl::GetFlag(FLAGS_batch_delay);
   if (options.batch_delay < absl::ZeroDuration()) {
     return UsageError("--batch_delay must not be negative");
+  }
+
+  options.plot_path = absl::GetFlag(FLAGS_plot);
+  if (!options.plot_path.empty() && !absl::EndsWith(options.plot_path, ".svg") &&
+      !absl::EndsWith(options.plot_path, ".png")) {
+    return UsageError(absl::StrCat("--plot=", options.plot_path,
+                                   ": the file name must end in .svg or .png"));
   }
 
   if (const std::string cpus = absl::GetFlag(FLAGS_cpus); !cpus.empty()) {
@@ -251,6 +299,7 @@ std::string HelpText() {
       "  nbd-bench --rw=randread --bs=4k --iodepth=16 --runtime=10s\n"
       "  nbd-bench nbd+unix:///?socket=/tmp/nbd.sock --compare --connections=4 --json\n"
       "  taskset -c 1 nbd-bench nbd://127.0.0.1/ --rw=randwrite --verify\n"
+      "  nbd-bench --iodepth=1,4,16,64 --connections=1,2 --compare --plot=sweep.svg\n"
       "\n"
       "Exit status: 0 success, 1 failure (connection, I/O error, verify mismatch),\n"
       "2 usage error, 128+N when ended by signal N (the partial results are still printed).\n";

@@ -25,8 +25,12 @@ struct BenchOptions {
   ReadWrite rw = ReadWrite::kRandRead;
   int read_percent = 70;
   uint64_t block_size = 4096;
+  // --iodepth and --connections take comma lists; every combination is run. iodepth and
+  // connections are the first values (the only ones unless it is a sweep).
   int iodepth = 16;
   int connections = 1;
+  std::vector<int> iodepths = {16};
+  std::vector<int> connection_counts = {1};
   int threads = 1;
   absl::Duration runtime = absl::Seconds(5);  // zero: no time limit (size_limit is then set)
   absl::Duration ramp = absl::Seconds(1);
@@ -41,6 +45,12 @@ struct BenchOptions {
   std::vector<int> cpus;
   absl::Duration batch_delay = absl::Microseconds(50);  // nbdring's completion batching
   bool prefill = false;  // external servers; the embedded one is always prefilled for reads
+  std::string plot_path;  // --plot: .svg or .png; empty: no plot
+
+  // More than one combination of iodepth and connections, or a plot: one table at the end.
+  bool sweep() const {
+    return iodepths.size() > 1 || connection_counts.size() > 1 || !plot_path.empty();
+  }
 };
 
 // Parses the arguments that follow the program name. Flags are --name=value or --name value;

@@ -25,9 +25,11 @@
 #include "tools/bench/flags.h"
 #include "tools/bench/libnbd_engine.h"
 #include "tools/bench/nbdring_engine.h"
+#include "tools/bench/plot.h"
 #include "tools/common/command_line.h"
 #include "tools/bench/report.h"
 #include "tools/bench/run.h"
+#include "tools/bench/sweep.h"
 
 namespace nbdbench {
 namespace {
@@ -142,6 +144,84 @@ absl::StatusOr<RunResult> RunEngine(EngineKind engine, const RunSpec& spec) {
   return engine == EngineKind::kNbdring ? RunNbdring(spec, Control()) : RunLibnbd(spec, Control());
 }
 
+// Runs `engine` once and shows its notes (each only the first time).
+absl::StatusOr<RunResult> RunShowingNotes(EngineKind engine, const RunSpec& spec,
+                                          std::set<std::string>& notes_shown) {
+  absl::StatusOr<RunResult> result = RunEngine(engine, spec);
+  if (!result.ok()) return result.status();
+  for (const std::string& note : result->notes) {
+    if (notes_shown.insert(note).second) Note(note);
+  }
+  return result;
+}
+
+// --verify: reads the region back after a run. An interrupt during the check is no failure.
+absl::Status CheckRegionAfterRun(const RunSpec& spec, bool chatty) {
+  if (!spec.verify || Control().interrupted()) return absl::OkStatus();
+  absl::Status checked =
+      CheckPattern(spec.uri, spec.region_offset, spec.region_length, spec.connections, Control());
+  if (!checked.ok() && !Control().interrupted()) return checked;
+  if (checked.ok() && chatty) {
+    Note(absl::StrCat("verify: read back ", spec.region_length, " bytes at offset ",
+                      spec.region_offset, ": every byte matches"));
+  }
+  return absl::OkStatus();
+}
+
+// --iodepth and --connections lists (or --plot): every combination, connections in the outer
+// loop, each running the engines in `order`; one table or JSON document at the end, then the
+// plot. An interrupt ends the sweep and shows what was measured.
+int RunSweep(const BenchOptions& options, RunSpec spec, const std::vector<EngineKind>& order,
+             const std::string& target, bool chatty) {
+  if (!options.json) {
+    std::printf("%s\n",
+                SweepWorkloadLine(spec, options.iodepths, options.connection_counts, target)
+                    .c_str());
+    std::fflush(stdout);
+  }
+  const size_t combinations = options.iodepths.size() * options.connection_counts.size();
+  std::vector<SweepPoint> points;
+  std::set<std::string> notes_shown;
+  for (int connections : options.connection_counts) {
+    for (int iodepth : options.iodepths) {
+      if (Control().interrupted()) break;
+      spec.iodepth = iodepth;
+      spec.connections = connections;
+      if (chatty) {
+        Note(absl::StrCat("sweep ", points.size() + 1, "/", combinations, ": iodepth=", iodepth,
+                          " connections=", connections));
+      }
+      SweepPoint point{iodepth, connections, {}};
+      for (size_t i = 0; i < order.size() && !Control().interrupted(); ++i) {
+        absl::StatusOr<RunResult> result = RunShowingNotes(order[i], spec, notes_shown);
+        if (!result.ok()) return Fail(result.status());
+        point.runs.push_back(*std::move(result));
+        if (absl::Status checked = CheckRegionAfterRun(spec, chatty); !checked.ok()) {
+          return Fail(checked);
+        }
+      }
+      if (!point.runs.empty()) points.push_back(std::move(point));
+    }
+  }
+
+  if (options.json) {
+    std::printf("%s\n", SweepJson(points, options.compare ? options.rounds : 1).dump(2).c_str());
+  } else {
+    std::printf("%s", SweepTable(points).c_str());
+  }
+  std::fflush(stdout);
+  if (!options.plot_path.empty() && !points.empty()) {
+    const std::string title =
+        SweepWorkloadLine(spec, options.iodepths, options.connection_counts, "");
+    if (absl::Status drawn = WriteSweepPlot(points, options.plot_path, title); !drawn.ok()) {
+      return Fail(drawn);
+    }
+    if (chatty) Note(absl::StrCat("plot written to ", options.plot_path));
+  }
+  if (Control().interrupted()) return 128 + Control().interrupt_signal();
+  return 0;
+}
+
 // Sharing cores, nbdkit and the client disturb each other by 15-100 % from run to run, and
 // which client wins depends on it (docs/performance.md). With the embedded server and no
 // --cpus, nbdkit gets the first CPU this process may use and the client the others.
@@ -178,6 +258,11 @@ int Main(const std::vector<std::string>& arguments) {
     return 0;
   }
   const bool chatty = isatty(STDERR_FILENO);
+  if (!options.plot_path.empty()) {
+    if (absl::Status possible = CheckPlotPossible(options.plot_path); !possible.ok()) {
+      return Fail(possible);
+    }
+  }
 
   std::unique_ptr<EmbeddedServer> server;
   std::string uri = options.uri;
@@ -235,6 +320,7 @@ int Main(const std::vector<std::string>& arguments) {
   } else {
     order.push_back(options.engine);
   }
+  if (options.sweep()) return RunSweep(options, spec, order, target, chatty);
 
   if (!options.json) {
     std::printf("%s\n%s\n", WorkloadLine(spec, target).c_str(), TableHeader().c_str());
@@ -243,11 +329,8 @@ int Main(const std::vector<std::string>& arguments) {
   std::vector<RunResult> results;
   std::set<std::string> notes_shown;
   for (size_t i = 0; i < order.size() && !Control().interrupted(); ++i) {
-    absl::StatusOr<RunResult> result = RunEngine(order[i], spec);
+    absl::StatusOr<RunResult> result = RunShowingNotes(order[i], spec, notes_shown);
     if (!result.ok()) return Fail(result.status());
-    for (const std::string& note : result->notes) {
-      if (notes_shown.insert(note).second) Note(note);
-    }
     if (!options.json) {
       const std::string label = options.compare
                                     ? absl::StrCat("#", i / 2 + 1, " ", EngineName(order[i]))
@@ -256,14 +339,8 @@ int Main(const std::vector<std::string>& arguments) {
       std::fflush(stdout);
     }
     results.push_back(*std::move(result));
-    if (spec.verify && !Control().interrupted()) {
-      absl::Status checked =
-          CheckPattern(uri, spec.region_offset, spec.region_length, spec.connections, Control());
-      if (!checked.ok() && !Control().interrupted()) return Fail(checked);
-      if (checked.ok() && chatty) {
-        Note(absl::StrCat("verify: read back ", spec.region_length, " bytes at offset ",
-                          spec.region_offset, ": every byte matches"));
-      }
+    if (absl::Status checked = CheckRegionAfterRun(spec, chatty); !checked.ok()) {
+      return Fail(checked);
     }
   }
 

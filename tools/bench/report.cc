@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 
 namespace nbdbench {
 namespace {
@@ -90,10 +91,13 @@ nlohmann::ordered_json CompareJson(const std::vector<CompareRound>& rounds) {
   return json;
 }
 
-std::string WorkloadLine(const RunSpec& spec, absl::string_view target) {
+namespace {
+
+std::string WorkloadLineWith(const RunSpec& spec, absl::string_view iodepth,
+                             absl::string_view connections, absl::string_view target) {
   std::string line =
-      absl::StrFormat("%s bs=%d iodepth=%d connections=%d threads=%d", ReadWriteName(spec.rw),
-                      spec.block_size, spec.iodepth, spec.connections, spec.threads);
+      absl::StrFormat("%s bs=%d iodepth=%s connections=%s threads=%d", ReadWriteName(spec.rw),
+                      spec.block_size, iodepth, connections, spec.threads);
   if (spec.rw == ReadWrite::kRandRw) absl::StrAppend(&line, " rwmixread=", spec.read_percent);
   if (spec.runtime > absl::ZeroDuration()) {
     absl::StrAppend(&line, " runtime=", absl::FormatDuration(spec.runtime));
@@ -102,8 +106,22 @@ std::string WorkloadLine(const RunSpec& spec, absl::string_view target) {
   absl::StrAppend(&line, " ramp=", absl::FormatDuration(spec.ramp),
                   absl::StrFormat(" region=%d+%d", spec.region_offset, spec.region_length));
   if (spec.verify) absl::StrAppend(&line, " verify");
-  absl::StrAppend(&line, "  ", target);
+  if (!target.empty()) absl::StrAppend(&line, "  ", target);
   return line;
+}
+
+}  // namespace
+
+std::string WorkloadLine(const RunSpec& spec, absl::string_view target) {
+  return WorkloadLineWith(spec, absl::StrCat(spec.iodepth), absl::StrCat(spec.connections),
+                          target);
+}
+
+std::string SweepWorkloadLine(const RunSpec& spec, const std::vector<int>& iodepths,
+                              const std::vector<int>& connection_counts,
+                              absl::string_view target) {
+  return WorkloadLineWith(spec, absl::StrJoin(iodepths, ","),
+                          absl::StrJoin(connection_counts, ","), target);
 }
 
 std::string TableHeader() {

@@ -40,6 +40,11 @@ nlohmann::ordered_json CompareJson(const std::vector<CompareRound>& rounds);
 
 // One line naming the workload and the target, printed above the table.
 std::string WorkloadLine(const RunSpec& spec, absl::string_view target);
+// The same for a sweep: the lists of iodepths and connection counts instead of spec's values.
+// An empty target leaves it out.
+std::string SweepWorkloadLine(const RunSpec& spec, const std::vector<int>& iodepths,
+                              const std::vector<int>& connection_counts,
+                              absl::string_view target);
 std::string TableHeader();
 std::string TableRow(absl::string_view label, const RunResult& result);
 // The closing lines of --compare: the median ratios.
