@@ -52,8 +52,9 @@ TEST(RunJsonTest, HasExactlyTheDocumentedKeysAndValues) {
   EXPECT_THAT(Keys(json),
               ElementsAre("engine", "rw", "bs", "iodepth", "connections", "threads", "ios",
                           "seconds", "iops", "mib_per_s", "lat_us", "cpu_us_per_io", "cpu_percent",
-                          "enters_per_io", "sqes_per_enter"));
+                          "enters_per_io", "sqes_per_enter", "connection_iops"));
   EXPECT_THAT(Keys(json["lat_us"]), ElementsAre("p50", "p90", "p99", "p999", "max"));
+  EXPECT_TRUE(json["connection_iops"].is_null());
   EXPECT_EQ(json["engine"], "nbdring");
   EXPECT_EQ(json["rw"], "randread");
   EXPECT_EQ(json["bs"], 4096);
@@ -67,6 +68,18 @@ TEST(RunJsonTest, HasExactlyTheDocumentedKeysAndValues) {
   EXPECT_NEAR(json["lat_us"]["p50"].get<double>(), 500.0, 500.0 / 128);
   EXPECT_NEAR(json["lat_us"]["p999"].get<double>(), 999.0, 999.0 / 128);
   EXPECT_DOUBLE_EQ(json["lat_us"]["max"].get<double>(), 1000.0);
+}
+
+TEST(RunJsonTest, ConnectionSpreadFromPerConnectionCounts) {
+  RunResult result = MakeResult(EngineKind::kNbdring, 1000, 2.0, 1.0);
+  result.connection_ios = {400, 100, 300, 200};  // over 2 s
+  const nlohmann::ordered_json json = RunJson(result);
+  EXPECT_DOUBLE_EQ(json["connection_iops"]["min"].get<double>(), 50.0);
+  EXPECT_DOUBLE_EQ(json["connection_iops"]["median"].get<double>(), 125.0);
+  EXPECT_DOUBLE_EQ(json["connection_iops"]["max"].get<double>(), 200.0);
+  EXPECT_THAT(SpreadLine(result), ::testing::HasSubstr("min 50, median 125, max 200 (max/min 4.00)"));
+  result.connection_ios = {400};
+  EXPECT_EQ(SpreadLine(result), "");
 }
 
 TEST(RunJsonTest, LibnbdHasNullIoUringCountersAndNotesWhenGiven) {

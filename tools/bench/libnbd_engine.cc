@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -40,6 +41,7 @@ struct Connection {
   int stream = 0;
   uint64_t steps = 0;  // sequential workloads: I/Os issued so far; only `worker` touches it
   bool dead = false;
+  std::atomic<uint64_t> completed{0};  // written by `worker`, sampled by the measuring thread
 };
 
 // Cache-line aligned like the nbdring engine's slots: neighbours may belong to other threads.
@@ -154,6 +156,7 @@ int LibnbdBench::OnComplete(void* user_data, int* error) {
   Worker& worker = *slot.connection->worker;
   LibnbdBench& bench = *worker.bench;
   --worker.in_flight;
+  slot.connection->completed.fetch_add(1, std::memory_order_relaxed);
   if (*error != 0) {
     bench.run_.Fail(absl::UnavailableError(
         absl::StrCat("libnbd: ", slot.read ? "read" : "write", " of ", bench.spec_.block_size,
@@ -287,7 +290,13 @@ absl::StatusOr<RunResult> LibnbdBench::Execute() {
     Worker* raw = worker.get();
     worker->thread = std::thread([this, raw] { Loop(*raw); });
   }
-  run_.Measure(nullptr);
+  run_.Measure([this] {
+    EngineCounters counters;
+    for (const std::unique_ptr<Connection>& connection : connections_) {
+      counters.connection_ios.push_back(connection->completed.load(std::memory_order_relaxed));
+    }
+    return counters;
+  });
   for (auto& worker : workers_) worker->thread.join();
 
   RunResult result = run_.Result(connection_count, thread_count);

@@ -336,6 +336,9 @@ int Main(const std::vector<std::string>& arguments) {
                                     ? absl::StrCat("#", i / 2 + 1, " ", EngineName(order[i]))
                                     : EngineName(order[i]);
       std::printf("%s\n", TableRow(label, *result).c_str());
+      if (const std::string spread = SpreadLine(*result); !spread.empty()) {
+        std::printf("%s\n", spread.c_str());
+      }
       std::fflush(stdout);
     }
     results.push_back(*std::move(result));

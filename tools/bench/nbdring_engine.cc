@@ -220,7 +220,11 @@ absl::StatusOr<RunResult> NbdringBench::Execute() {
   for (int i = 0; i < slot_count_; ++i) Issue(slots_[i]);
   run_.Measure([this] {
     const nbdring::ClientStats stats = client_->stats();
-    return EngineCounters{stats.enters, stats.sqes};
+    EngineCounters counters{stats.enters, stats.sqes, {}};
+    for (const nbdring::ClientStats& connection : client_->connection_stats()) {
+      counters.connection_ios.push_back(connection.requests);
+    }
+    return counters;
   });
   {
     std::unique_lock<std::mutex> lock(drain_mutex_);

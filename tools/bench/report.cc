@@ -72,6 +72,13 @@ nlohmann::ordered_json RunJson(const RunResult& result) {
   } else {
     json["sqes_per_enter"] = nullptr;
   }
+  if (const std::optional<ConnectionSpread> spread = SpreadOf(result)) {
+    json["connection_iops"] = {{"min", spread->min_iops},
+                               {"median", spread->median_iops},
+                               {"max", spread->max_iops}};
+  } else {
+    json["connection_iops"] = nullptr;
+  }
   if (result.interrupted) json["interrupted"] = true;
   if (!result.notes.empty()) json["notes"] = result.notes;
   return json;
@@ -153,6 +160,16 @@ std::string TableRow(absl::string_view label, const RunResult& result) {
   }
   if (result.interrupted) absl::StrAppend(&row, "  (interrupted)");
   return row;
+}
+
+std::string SpreadLine(const RunResult& result) {
+  const std::optional<ConnectionSpread> spread = SpreadOf(result);
+  if (!spread || result.connection_ios.size() < 2) return "";
+  return absl::StrFormat("%-18s per-connection IOPS min %.0f, median %.0f, max %.0f (max/min %s)",
+                         "", spread->min_iops, spread->median_iops, spread->max_iops,
+                         spread->min_iops > 0
+                             ? absl::StrFormat("%.2f", spread->max_iops / spread->min_iops)
+                             : std::string("inf"));
 }
 
 std::string CompareSummary(const std::vector<CompareRound>& rounds) {

@@ -2,8 +2,9 @@
 //
 // JSON of one run has exactly these keys, in this order: engine, rw, bs, iodepth, connections,
 // threads, ios, seconds, iops, mib_per_s, lat_us {p50, p90, p99, p999, max}, cpu_us_per_io,
-// cpu_percent, enters_per_io and sqes_per_enter (both null for engines without io_uring), and
-// "interrupted": true / "notes": [...] only when they apply. --compare prints
+// cpu_percent, enters_per_io and sqes_per_enter (both null for engines without io_uring),
+// connection_iops {min, median, max} (IOPS of the least, median and most served connection;
+// null when unknown), and "interrupted": true / "notes": [...] only when they apply. --compare prints
 // {"rounds": [{"nbdring": run, "libnbd": run}, ...],
 //  "median_ratio": {"iops": x, "cpu_us_per_io": y}} with ratios nbdring / libnbd.
 #ifndef NBDRING_TOOLS_BENCH_REPORT_H_
@@ -47,6 +48,8 @@ std::string SweepWorkloadLine(const RunSpec& spec, const std::vector<int>& iodep
                               absl::string_view target);
 std::string TableHeader();
 std::string TableRow(absl::string_view label, const RunResult& result);
+// Under a row of a run with several connections: how evenly they were served ("" otherwise).
+std::string SpreadLine(const RunResult& result);
 // The closing lines of --compare: the median ratios.
 std::string CompareSummary(const std::vector<CompareRound>& rounds);
 

@@ -219,11 +219,33 @@ RunResult Run::Result(int connections, int threads) const {
   result.seconds = window_seconds_;
   result.cpu_seconds = cpu_seconds_;
   if (counters_begin_ && counters_end_) {
-    result.enters = counters_end_->enters - counters_begin_->enters;
-    result.sqes = counters_end_->sqes - counters_begin_->sqes;
+    if (counters_begin_->enters && counters_end_->enters) {
+      result.enters = *counters_end_->enters - *counters_begin_->enters;
+    }
+    if (counters_begin_->sqes && counters_end_->sqes) {
+      result.sqes = *counters_end_->sqes - *counters_begin_->sqes;
+    }
+    const std::vector<uint64_t>& begin = counters_begin_->connection_ios;
+    const std::vector<uint64_t>& end = counters_end_->connection_ios;
+    if (!begin.empty() && begin.size() == end.size()) {
+      for (size_t i = 0; i < begin.size(); ++i) result.connection_ios.push_back(end[i] - begin[i]);
+    }
   }
   result.interrupted = interrupted_;
   return result;
+}
+
+std::optional<ConnectionSpread> SpreadOf(const RunResult& result) {
+  if (result.connection_ios.empty() || result.seconds <= 0) return std::nullopt;
+  std::vector<uint64_t> sorted = result.connection_ios;
+  std::sort(sorted.begin(), sorted.end());
+  const size_t middle = sorted.size() / 2;
+  const double median = sorted.size() % 2 == 1
+                            ? static_cast<double>(sorted[middle])
+                            : (static_cast<double>(sorted[middle - 1]) + sorted[middle]) / 2;
+  return ConnectionSpread{static_cast<double>(sorted.front()) / result.seconds,
+                          median / result.seconds,
+                          static_cast<double>(sorted.back()) / result.seconds};
 }
 
 absl::Status PinCurrentThread(const std::vector<int>& cpus) {

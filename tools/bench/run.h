@@ -72,6 +72,9 @@ struct RunResult {
   std::optional<uint64_t> sqes;
   bool interrupted = false;  // a signal ended the window early
   std::vector<std::string> notes;
+  // I/Os each connection completed in the window (empty when the engine cannot tell): how
+  // evenly the server and the client served the connections.
+  std::vector<uint64_t> connection_ios;
 
   double iops() const { return seconds > 0 ? static_cast<double>(ios) / seconds : 0; }
   double mib_per_s() const {
@@ -82,6 +85,15 @@ struct RunResult {
     return ios > 0 ? cpu_seconds * 1e6 / static_cast<double>(ios) : 0;
   }
 };
+
+// The spread of per-connection IOPS of a run: lowest, median and highest.
+struct ConnectionSpread {
+  double min_iops = 0;
+  double median_iops = 0;
+  double max_iops = 0;
+};
+// Nothing when the run has no per-connection counts.
+std::optional<ConnectionSpread> SpreadOf(const RunResult& result);
 
 // Process-wide: lets the signal thread end whatever run is under way. A first SIGINT/SIGTERM
 // ends the measured window cleanly; the run still drains and reports.
@@ -111,9 +123,11 @@ struct ThreadStats {
 };
 
 // Engine counters sampled at both ends of the window.
+// Cumulative counters an engine can report; Run samples them at the window's edges.
 struct EngineCounters {
-  uint64_t enters = 0;
-  uint64_t sqes = 0;
+  std::optional<uint64_t> enters;  // io_uring engines only
+  std::optional<uint64_t> sqes;
+  std::vector<uint64_t> connection_ios;  // I/Os completed on each connection; empty: unknown
 };
 
 class Run {
