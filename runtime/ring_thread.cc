@@ -177,11 +177,17 @@ void RingThread::Dispatch(Operation* operation) {
     local_failures_.PushBack(operation);
     return;
   }
+  // The least loaded connection; among equals, the search starts one further each time, so
+  // ties do not always go to the first connections (at hundreds of connections that bias
+  // left the last ones starved).
   Connection* best = nullptr;
-  for (const std::unique_ptr<Connection>& connection : connections_) {
+  const size_t count = connections_.size();
+  const size_t start = count > 0 ? dispatch_start_++ % count : 0;
+  for (size_t i = 0; i < count; ++i) {
+    Connection* connection = connections_[(start + i) % count].get();
     if (!connection->usable()) continue;
     if (best == nullptr || connection->outstanding_bytes() < best->outstanding_bytes()) {
-      best = connection.get();
+      best = connection;
     }
   }
   if (best == nullptr) {

@@ -101,7 +101,8 @@ class RingThread {
     CancelMessage* next;
   };
   std::atomic<CancelMessage*> cancels_{nullptr};
-  OperationQueue local_failures_;  // refused on this thread; completed next turn, not inline
+  OperationQueue local_failures_;
+  size_t dispatch_start_ = 0;  // where Dispatch's search for the least loaded connection begins  // refused on this thread; completed next turn, not inline
   FileDescriptor wakeup_fd_;
   uint64_t wakeup_value_ = 0;
   IoCompletion wakeup_completion_;
