@@ -34,6 +34,9 @@
 // other mode is confirmed by a second probe two epochs later before the ring switches: a
 // 10 ms sample on a shared VM is noisy, and a wrong switch lasts until the next probe.
 // Epochs with fewer than kMinimumEpochReplies are not compared. Single-threaded (the ring's loop).
+//
+// The ring overrides a choice not to batch while many of its connections are busy (WindowNs's
+// keep_batching): there the gain the probe sees is unfairness, see ring_thread.cc.
 #ifndef NBDRING_RUNTIME_BATCH_WINDOW_H_
 #define NBDRING_RUNTIME_BATCH_WINDOW_H_
 
@@ -101,8 +104,10 @@ class BatchWindow {
   }
 
   // The wait for `in_flight` requests; 0 means "do not batch, wake on the next completion".
-  int64_t WindowNs(uint32_t in_flight) const {
-    if (!enabled() || !batching()) return 0;
+  // `keep_batching` overrides a choice not to batch (the ring serves many connections, see
+  // kFairConnections in ring_thread.cc).
+  int64_t WindowNs(uint32_t in_flight, bool keep_batching = false) const {
+    if (!enabled() || (!batching() && !keep_batching)) return 0;
     if (ns_per_reply_ == 0) return max_delay_ns_;  // nothing measured yet
     const double window_ns = ns_per_reply_ * in_flight / kQueueShare;
     if (window_ns < kMinimumWindowNs) return 0;

@@ -157,6 +157,22 @@ TEST(BatchWindowTest, StopsBatchingWhenWakingOnEveryReplyIsClearlyFaster) {
   EXPECT_TRUE(window.batching());
 }
 
+TEST(BatchWindowTest, KeepBatchingOverridesAChoiceNotToBatch) {
+  // The ring asks for this with many connections busy (fairness beats the probe's gains).
+  BatchWindow window(kMaxDelayNs);
+  uint64_t replies = 0;
+  int64_t now_ns = 1;
+  window.Observe(replies, now_ns);
+  RunEpochs(window, &replies, &now_ns, {1000, 1500},
+            BatchWindow::kEpochsBeforeFirstProbe + BatchWindow::kEpochsBeforeConfirmingProbe + 2);
+  ASSERT_FALSE(window.batching());
+  EXPECT_EQ(window.WindowNs(1000), 0);
+  EXPECT_GT(window.WindowNs(1000, /*keep_batching=*/true), 0);
+  EXPECT_LE(window.WindowNs(1000, /*keep_batching=*/true), kMaxDelayNs);
+  BatchWindow off(0);  // a zero delay still means no batching at all
+  EXPECT_EQ(off.WindowNs(1000, /*keep_batching=*/true), 0);
+}
+
 // The chosen-mode epochs between consecutive probes, over `epochs` epochs.
 std::vector<int> GapsBetweenProbes(BatchWindow& window, uint64_t* replies_total, int64_t* now_ns,
                                    Environment environment, int epochs) {
