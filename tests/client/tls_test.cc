@@ -483,56 +483,59 @@ class CuttingProxy {
   std::atomic<bool> cut_{false};
 };
 
-TEST(TlsTest, ServerStreamEndingMidRecordFailsTheRequestsCleanly) {
-  auto server = StartX509Nbdkit(Credentials().server_dir(), {"memory", "16M"});
-  ASSERT_TRUE(server.ok()) << server.status();
-  CuttingProxy proxy((*server)->socket_path());
-  ClientOptions options;
-  options.uri = proxy.uri();
-  options.tls_certificates = Credentials().client_dir();
-  auto client = Client::Connect(options);
-  ASSERT_TRUE(client.ok()) << client.status();
-  std::vector<uint8_t> buffer(1 << 20);
-  ASSERT_TRUE((*client)->PreadSync(buffer.data(), 4096, 0).ok());
-  proxy.ArmCut();
+// A TLS client to nbdkit through a CuttingProxy, with one read done to prove the session.
+class TlsThroughProxyTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto server = StartX509Nbdkit(Credentials().server_dir(), {"memory", "16M"});
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    proxy_ = std::make_unique<CuttingProxy>(server_->socket_path());
+    ClientOptions options;
+    options.uri = proxy_->uri();
+    options.tls_certificates = Credentials().client_dir();
+    auto client = Client::Connect(options);
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = *std::move(client);
+    ASSERT_TRUE(client_->PreadSync(buffer_.data(), 4096, 0).ok());
+  }
+
+  std::unique_ptr<ServerProcess> server_;
+  std::unique_ptr<CuttingProxy> proxy_;
+  std::unique_ptr<Client> client_;
+  std::vector<uint8_t> buffer_ = std::vector<uint8_t>(1 << 20);
+};
+
+TEST_F(TlsThroughProxyTest, ServerStreamEndingMidRecordFailsTheRequestsCleanly) {
+  proxy_->ArmCut();
   CompletionTracker tracker;
   std::vector<Operation> reads(4);
   for (int i = 0; i < 4; ++i) {
     reads[i].command = nbd::Command::kRead;
     reads[i].offset = uint64_t{262144} * i;
     reads[i].length = 262144;
-    reads[i].buffer = buffer.data() + 262144 * i;
-    tracker.Submit(**client, &reads[i]);
+    reads[i].buffer = buffer_.data() + 262144 * i;
+    tracker.Submit(*client_, &reads[i]);
   }
   ASSERT_TRUE(tracker.WaitForAll(kWait));
-  EXPECT_TRUE(proxy.cut());
+  EXPECT_TRUE(proxy_->cut());
   EXPECT_TRUE(tracker.ExactlyOnce());
   for (int i = 0; i < 4; ++i) {
     EXPECT_EQ(tracker.status(&reads[i]).code(), absl::StatusCode::kUnavailable)
         << tracker.status(&reads[i]);
   }
-  EXPECT_TRUE((*client)->Close().ok());
+  EXPECT_TRUE(client_->Close().ok());
 }
 
-TEST(TlsTest, CorruptRecordFailsTheRequestsCleanly) {
-  auto server = StartX509Nbdkit(Credentials().server_dir(), {"memory", "16M"});
-  ASSERT_TRUE(server.ok()) << server.status();
-  CuttingProxy proxy((*server)->socket_path());
-  ClientOptions options;
-  options.uri = proxy.uri();
-  options.tls_certificates = Credentials().client_dir();
-  auto client = Client::Connect(options);
-  ASSERT_TRUE(client.ok()) << client.status();
-  std::vector<uint8_t> buffer(1 << 20);
-  ASSERT_TRUE((*client)->PreadSync(buffer.data(), 4096, 0).ok());
-  proxy.ArmCorrupt();
-  absl::Status status = (*client)->PreadSync(buffer.data(), buffer.size(), 0);
-  EXPECT_TRUE(proxy.cut());
+TEST_F(TlsThroughProxyTest, CorruptRecordFailsTheRequestsCleanly) {
+  proxy_->ArmCorrupt();
+  absl::Status status = client_->PreadSync(buffer_.data(), buffer_.size(), 0);
+  EXPECT_TRUE(proxy_->cut());
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
   EXPECT_THAT(status.message(), HasSubstr("TLS session broken"));
   // The connection is gone for good (no reconnect): later requests fail at once, cleanly.
-  EXPECT_EQ((*client)->PreadSync(buffer.data(), 4096, 0).code(), absl::StatusCode::kUnavailable);
-  EXPECT_TRUE((*client)->Close().ok());
+  EXPECT_EQ(client_->PreadSync(buffer_.data(), 4096, 0).code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(client_->Close().ok());
 }
 
 // --- Scripted servers: what a real server would never do --------------------------------------

@@ -5,6 +5,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/tools/json_keys.h"
 #include "tools/bench/report.h"
 
 namespace nbdbench {
@@ -33,11 +34,7 @@ RunResult MakeResult(EngineKind engine, uint64_t ios, double seconds, double cpu
   return result;
 }
 
-std::vector<std::string> Keys(const nlohmann::ordered_json& json) {
-  std::vector<std::string> keys;
-  for (auto it = json.begin(); it != json.end(); ++it) keys.push_back(it.key());
-  return keys;
-}
+using ::nbdbench::testing::Keys;
 
 TEST(MedianTest, OddEvenAndEmpty) {
   EXPECT_EQ(Median({}), 0.0);

@@ -5,6 +5,7 @@
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/tools/json_keys.h"
 #include "tools/bench/sweep.h"
 
 namespace nbdbench {
@@ -33,11 +34,7 @@ RunResult MakeResult(EngineKind engine, int iodepth, int connections, uint64_t i
   return result;
 }
 
-std::vector<std::string> Keys(const nlohmann::ordered_json& json) {
-  std::vector<std::string> keys;
-  for (auto it = json.begin(); it != json.end(); ++it) keys.push_back(it.key());
-  return keys;
-}
+using ::nbdbench::testing::Keys;
 
 // Three --compare rounds at iodepth 4 x 2 connections: nbdring IOPS 300, 100, 200.
 SweepPoint ComparePoint() {
