@@ -270,7 +270,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
 
   auto tls = PlanTls(options, *address);
   if (!tls.ok()) return tls.status();
-  std::shared_ptr<const Logger> logger = Logger::Create(options);
+  std::shared_ptr<const Logger> logger = Logger::Create(options.log, options.log_level);
   logger->Log(LogLevel::kInfo, absl::StrCat("connecting to ", address->ToString(), " (",
                                             wanted_connections, " connection(s))"));
   std::vector<Reconnected> sockets;

@@ -6,11 +6,11 @@
 
 namespace nbdring {
 
-std::shared_ptr<const Logger> Logger::Create(const ClientOptions& options) {
+std::shared_ptr<const Logger> Logger::Create(const LogHook& hook, LogLevel level) {
   auto logger = std::make_shared<Logger>();
-  if (options.log) {
-    logger->sink_ = options.log;
-    logger->max_level_ = static_cast<int>(options.log_level);
+  if (hook) {
+    logger->sink_ = hook;
+    logger->max_level_ = static_cast<int>(level);
     return logger;
   }
   const char* debug = std::getenv("NBDRING_DEBUG");

@@ -11,14 +11,14 @@
 #include <memory>
 
 #include "absl/strings/string_view.h"
-#include "nbdring/client.h"
+#include "nbdring/log_level.h"
 
 namespace nbdring {
 
 class Logger {
  public:
-  // From the options and the environment (NBDRING_DEBUG).
-  static std::shared_ptr<const Logger> Create(const ClientOptions& options);
+  // From the client's hook and level, else the environment (NBDRING_DEBUG).
+  static std::shared_ptr<const Logger> Create(const LogHook& hook, LogLevel level);
 
   bool enabled(LogLevel level) const { return static_cast<int>(level) <= max_level_; }
   void Log(LogLevel level, absl::string_view message) const {
@@ -26,7 +26,7 @@ class Logger {
   }
 
  private:
-  std::function<void(LogLevel, absl::string_view)> sink_;
+  LogHook sink_;
   int max_level_ = -1;  // the most detailed level logged; -1: off
 };
 

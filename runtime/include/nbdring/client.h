@@ -49,18 +49,12 @@
 #include "nbd/uri.h"
 #include "nbd/wire.h"
 #include "nbdring/client_stats.h"
+#include "nbdring/log_level.h"
 #include "nbdring/operation.h"
 
 namespace nbdring {
 
 using nbd::ExportInfo;
-
-// How much a Client tells ClientOptions::log.
-enum class LogLevel {
-  kError,  // a connection failed, a reconnect gave up
-  kInfo,   // connecting, what was negotiated (export, flags, TLS), reconnects, closing
-  kDebug,  // every request sent and every reply, as libnbd's LIBNBD_DEBUG=1 shows them
-};
 
 struct ClientOptions {
   // Where to connect: an NBD URI (nbd://, nbd+unix://, nbd+vsock://, and nbds://,
@@ -138,7 +132,7 @@ struct ClientOptions {
   // per request). With no `log`, the environment variable NBDRING_DEBUG=1 prints kDebug and
   // above to stderr as "nbdring: <message>". Nothing is logged otherwise, and a request
   // costs one predictable branch for it.
-  std::function<void(LogLevel level, absl::string_view message)> log;
+  LogHook log;
   LogLevel log_level = LogLevel::kInfo;
 
   // Completion batching: while a ring has at least `completion_batch_min_in_flight` requests
