@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "tools/copy/zero_blocks.h"
 
 namespace nbdcopy {
 namespace {
@@ -85,6 +86,10 @@ struct Copier::Slot {
   uint64_t offset = 0;
   uint64_t length = 0;        // source bytes in buffer
   uint64_t write_length = 0;  // bytes written: length, or up to the next block for a tail
+  // -S: the chunk's data and zero-block pieces, written one after another; empty when the
+  // chunk is written whole.
+  std::vector<Range> pieces;
+  size_t next_piece = 0;
 };
 
 Copier::Copier(Endpoint* source, Endpoint* destination, const CopyOptions& options)
@@ -97,7 +102,7 @@ Copier::Copier(Endpoint* source, Endpoint* destination, const CopyOptions& optio
   options_.slots = std::max(options_.slots, 1);
 
   if (destination_->kind() == EndpointKind::kNull || options_.destination_is_zero ||
-      destination_->is_regular_file()) {
+      (destination_->is_regular_file() && !options_.allocated)) {
     zero_policy_ = ZeroPolicy::kSkip;  // a regular file is emptied first: skipped bytes are holes
   } else if (destination_->kind() == EndpointKind::kNbd &&
              destination_->client()->export_info().can_zero()) {
@@ -131,6 +136,9 @@ absl::Status Copier::Plan() {
   if (!alignment.ok()) return alignment.status();
   alignment_ = *alignment;
   options_.request_size = std::max(*alignment, options_.request_size / *alignment * *alignment);
+  if (options_.allocated) options_.sparse_block_size = 0;
+  options_.sparse_block_size =
+      (options_.sparse_block_size + *alignment - 1) / *alignment * *alignment;
 
   if (total_bytes_.has_value()) {
     uint64_t zero_chunk_limit = UINT64_MAX;  // kSkip: a zero range is passed over whole
@@ -415,6 +423,10 @@ void Copier::Advance(Slot* slot, absl::Status status, std::vector<Pending>* read
           return;
         }
         slot->phase = Phase::kWriting;
+        if (SplitIntoPieces(slot)) {
+          if (!StartNextPiece(slot, &status)) return;
+          break;
+        }
         if (!StartWrite(slot, &status, ready)) return;
         break;
       case Phase::kReadingTail: {
@@ -437,13 +449,24 @@ void Copier::Advance(Slot* slot, absl::Status status, std::vector<Pending>* read
       }
       case Phase::kWriting:
         if (!status.ok()) {
-          const char* verb = slot->kind == ChunkKind::kZeroCommand ? "zeroing" : "writing";
+          // A split chunk fails in the piece last started.
+          const Range failed = slot->next_piece > 0
+                                   ? slot->pieces[slot->next_piece - 1]
+                                   : Range{slot->offset, slot->length,
+                                           slot->kind == ChunkKind::kZeroCommand};
           FailSlot(status,
-                   absl::StrCat(verb, " destination ", destination_->spec(), " at offset ",
-                                slot->offset, " (length ", slot->length, ")"),
+                   absl::StrCat(failed.zero ? "zeroing" : "writing", " destination ",
+                                destination_->spec(), " at offset ", failed.offset, " (length ",
+                                failed.length, ")"),
                    ready);
           return;
         }
+        if (slot->next_piece < slot->pieces.size()) {
+          if (!StartNextPiece(slot, &status)) return;
+          break;
+        }
+        slot->pieces.clear();
+        slot->next_piece = 0;
         bytes_done_.fetch_add(slot->length, std::memory_order_relaxed);
         slot->phase = Phase::kIdle;
         break;
@@ -544,7 +567,7 @@ bool Copier::StartWrite(Slot* slot, absl::Status* status, std::vector<Pending>* 
       nbdring::Operation& operation = slot->operation;
       operation.command = slot->kind == ChunkKind::kZeroCommand ? nbdring::Command::kWriteZeroes
                                                                 : nbdring::Command::kWrite;
-      operation.flags = 0;
+      operation.flags = slot->kind == ChunkKind::kZeroCommand ? ZeroCommandFlags() : 0;
       operation.offset = slot->offset;
       operation.length = slot->write_length;
       operation.buffer = slot->kind == ChunkKind::kZeroCommand ? nullptr : slot->buffer;
@@ -560,6 +583,50 @@ bool Copier::StartWrite(Slot* slot, absl::Status* status, std::vector<Pending>* 
       *status = absl::OkStatus();
       return true;
   }
+  return true;
+}
+
+uint16_t Copier::ZeroCommandFlags() const {
+  return options_.allocated ? nbd::kCmdFlagNoHole : 0;
+}
+
+bool Copier::SplitIntoPieces(Slot* slot) const {
+  // Zero buffers would carry the same bytes as the data; a stream keeps its own order; a
+  // stream's last partial block is written whole.
+  if (options_.sparse_block_size == 0 || slot->kind != ChunkKind::kCopy ||
+      zero_policy_ == ZeroPolicy::kZeroBuffer || slot->write_length != slot->length ||
+      (destination_->kind() != EndpointKind::kNbd && destination_->kind() != EndpointKind::kFile)) {
+    return false;
+  }
+  std::vector<Range> pieces =
+      SplitZeroBlocks(slot->buffer, slot->offset, slot->length, options_.sparse_block_size);
+  if (pieces.size() == 1 && !pieces.front().zero) return false;
+  slot->pieces = std::move(pieces);
+  slot->next_piece = 0;
+  return true;
+}
+
+bool Copier::StartNextPiece(Slot* slot, absl::Status* status) {
+  while (slot->next_piece < slot->pieces.size()) {
+    const Range piece = slot->pieces[slot->next_piece++];
+    if (piece.zero && zero_policy_ == ZeroPolicy::kSkip) continue;
+    unsigned char* bytes = slot->buffer + (piece.offset - slot->offset);
+    if (destination_->kind() == EndpointKind::kFile) {
+      // Zero pieces reach a file only when skipped: kZeroBuffer never splits.
+      *status = PwriteFully(destination_->fd(), bytes, piece.length, piece.offset);
+      if (!status->ok()) return true;
+      continue;
+    }
+    nbdring::Operation& operation = slot->operation;
+    operation.command = piece.zero ? nbdring::Command::kWriteZeroes : nbdring::Command::kWrite;
+    operation.flags = piece.zero ? ZeroCommandFlags() : 0;
+    operation.offset = piece.offset;
+    operation.length = piece.length;
+    operation.buffer = piece.zero ? nullptr : bytes;
+    destination_->client()->Submit(&operation);
+    return false;
+  }
+  *status = absl::OkStatus();
   return true;
 }
 

@@ -8,7 +8,9 @@
 // are handed to one I/O thread, because ring callbacks must not block and a ring busy writing a
 // file would hold back the requests that keep the server busy. Chunks the source reports as
 // zero are not read: the destination gets NBD_CMD_WRITE_ZEROES, a hole (a truncated regular
-// file), zero buffers, or nothing at all (--destination-is-zero, null:).
+// file), zero buffers, or nothing at all (--destination-is-zero, null:). Data read is checked
+// for whole blocks of zeroes (-S), which then go the same way as zero ranges: a slot writes
+// its chunk as several pieces. --allocated writes every zero (no holes, no -S).
 //
 // The source is mapped lazily, one window (up to 1 GiB) at a time: Run() maps the first window
 // before any slot starts, and a planner thread maps the next ones while the copy runs, staying
@@ -53,6 +55,13 @@ struct CopyOptions {
   bool destination_is_zero = false;  // zero ranges need not be written at all
   bool use_extents = true;
   bool flush = false;
+  // Every zero range is written: zero buffers to files, NBD_CMD_WRITE_ZEROES with
+  // NBD_CMD_FLAG_NO_HOLE to exports; no holes are made and -S is off.
+  bool allocated = false;
+  // -S: whole blocks of this many zero bytes in data read from the source are treated like
+  // zero ranges (skipped, or sent as NBD_CMD_WRITE_ZEROES); 0 turns the check off. Rounded up
+  // to a multiple of the chunk alignment.
+  uint64_t sparse_block_size = 4096;
 };
 
 // How far a running copy has got, for the progress line.
@@ -106,6 +115,13 @@ class Copier {
   void StartTailRead(Slot* slot);
   // Starts the destination write; returns true when it completed synchronously.
   bool StartWrite(Slot* slot, absl::Status* status, std::vector<Pending>* ready);
+  // -S: splits a chunk just read into pieces of data and of zero blocks; false when there is
+  // nothing to gain (no zero block, or a destination that would be sent the zeroes anyway).
+  bool SplitIntoPieces(Slot* slot) const;
+  // Writes the slot's pieces from the next one on, skipping the zero pieces the destination
+  // need not get; returns true when all are done (or one failed) synchronously.
+  bool StartNextPiece(Slot* slot, absl::Status* status);
+  uint16_t ZeroCommandFlags() const;
   absl::Status WriteToFile(Slot* slot);
   // Streams: writes slots in offset order; returns true if `slot` itself was written.
   bool WriteInOrder(Slot* slot, absl::Status* status, std::vector<Pending>* ready);

@@ -1,5 +1,6 @@
 #include "tools/copy/progress.h"
 
+#include <algorithm>
 #include <iterator>
 
 #include "absl/strings/str_cat.h"
@@ -21,6 +22,19 @@ std::string HumanBytes(double bytes) {
 std::string HumanDuration(absl::Duration duration) {
   const int64_t seconds = absl::ToInt64Seconds(duration);
   return absl::StrFormat("%d:%02d:%02d", seconds / 3600, seconds / 60 % 60, seconds % 60);
+}
+
+std::string MachineProgressLine(uint64_t bytes_done, std::optional<uint64_t> total_bytes,
+                                bool finished) {
+  uint64_t percent = 0;
+  if (finished) {
+    percent = 100;
+  } else if (total_bytes.has_value() && *total_bytes > 0) {
+    percent = std::min<uint64_t>(
+        100, static_cast<uint64_t>(100.0 * static_cast<double>(bytes_done) /
+                                   static_cast<double>(*total_bytes)));
+  }
+  return absl::StrCat(percent, "/100\n");
 }
 
 std::string ProgressMeter::Line(uint64_t bytes_done, std::optional<uint64_t> total_bytes,
