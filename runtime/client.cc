@@ -13,6 +13,7 @@
 #include "nbd/handshake.h"
 #include "nbd/request.h"
 #include "nbdring/client.h"
+#include "runtime/clock.h"
 #include "runtime/connection.h"
 #include "runtime/logger.h"
 #include "runtime/operation_state.h"
@@ -580,6 +581,7 @@ uint64_t Client::Submit(Operation* operation) {
   StateOf(operation).parts_outstanding = 0;
   StateOf(operation).fully_staged = false;
   StateOf(operation).waited_for_slot = false;
+  StateOf(operation).submitted_ns = MonotonicNanoseconds();
   StateOf(operation).first_error = Validate(*operation);
   if (operation->on_complete == nullptr) return submission_id;  // nothing to tell
   if (RingThread* ring = impl_->CurrentRing(); ring != nullptr) {

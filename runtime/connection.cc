@@ -27,6 +27,7 @@ Connection::Connection(Ring* ring, FileDescriptor fd, std::unique_ptr<TlsSession
       parser_(nbd::ReplyParserOptions{}, this),
       client_contexts_(std::move(client_contexts)) {
   if (options_.logger == nullptr) options_.logger = std::make_shared<Logger>();  // off
+  counters_.latency = options_.latency;
   parser_options_.mode = info.reply_mode;
   AdoptMetaContexts(info);
   // One header per slot plus NBD_CMD_DISC; a header and a payload iovec per slot.

@@ -61,6 +61,7 @@
 #include "nbdring/operation.h"
 #include "runtime/operation_state.h"
 #include "runtime/inflight_table.h"
+#include "runtime/latency_recorder.h"
 #include "runtime/logger.h"
 #include "runtime/operation_queue.h"
 #include "runtime/reconnector.h"
@@ -85,6 +86,7 @@ struct ConnectionOptions {
   std::function<void()> wake_ring;
   int64_t reconnect_delay_ns = 0;
   std::shared_ptr<const Logger> logger;  // null: logging off
+  LatencyRecorder* latency = nullptr;     // the owning ring's histograms
 };
 
 struct ConnectionCounters {
@@ -95,6 +97,7 @@ struct ConnectionCounters {
   std::atomic<uint64_t> errors{0};
   std::atomic<uint64_t> queue_full_waits{0};
   std::atomic<uint64_t> reconnects{0};
+  LatencyRecorder* latency = nullptr;  // the ring's; null in tests that make no ring
 };
 
 // Completes `operation` if `status` is its last part (helper shared with the ring thread).

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "nbd/errors.h"
 #include "nbd/request.h"
+#include "runtime/clock.h"
 #include "runtime/counter.h"
 
 namespace nbdring {
@@ -38,6 +39,10 @@ void CompleteOperationPart(Operation* operation, const absl::Status& status,
   if (counters != nullptr) {
     Increment(counters->requests);
     if (!final_status.ok()) Increment(counters->errors);
+    if (counters->latency != nullptr) {
+      counters->latency->Record(operation->command,
+                                MonotonicNanoseconds() - StateOf(operation).submitted_ns);
+    }
   }
   operation->on_complete(operation, final_status);
 }

@@ -25,6 +25,7 @@ struct OperationState {
   bool cancelled = false;          // completing with CancelledError once buffers are free
   uint64_t submission = 0;         // id of the newest submission (atomic_ref): see Cancel
   uint64_t last_batch = 0;         // newest send batch carrying a part of it
+  int64_t submitted_ns = 0;        // MonotonicNanoseconds() at Submit, for the latency histograms
   absl::Status first_error;        // split requests: the first part's error wins
 
   static OperationState& Of(Operation* operation) {

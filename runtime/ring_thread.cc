@@ -81,6 +81,7 @@ void RingThread::Run(const nbd::ExportInfo* info, std::vector<PendingConnection>
   ring_ = *std::move(ring);
   for (PendingConnection& connection : *pending) {
     if (connection.options.reconnect) connection.options.wake_ring = [this] { Wake(); };
+    connection.options.latency = &latency_;
     connections_.push_back(std::make_unique<Connection>(
         ring_.get(), std::move(connection.fd), std::move(connection.tls), connection.info,
         info->meta_contexts, std::move(connection.options)));
@@ -389,6 +390,7 @@ void RingThread::AppendConnectionStats(std::vector<std::pair<int, ClientStats>>*
 }
 
 void RingThread::AddStats(ClientStats* stats) const {
+  latency_.AddTo(stats);
   const ClientStats ring = RingCounters();
   stats->wakeups += ring.wakeups;
   stats->enters += ring.enters;

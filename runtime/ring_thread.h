@@ -102,6 +102,7 @@ class RingThread {
   };
   std::atomic<CancelMessage*> cancels_{nullptr};
   OperationQueue local_failures_;
+  LatencyRecorder latency_;
   size_t dispatch_start_ = 0;  // where Dispatch's search for the least loaded connection begins  // refused on this thread; completed next turn, not inline
   FileDescriptor wakeup_fd_;
   uint64_t wakeup_value_ = 0;

@@ -3,6 +3,10 @@
 #define NBDRING_CLIENT_STATS_H_
 
 #include <cstdint>
+#include <string>
+
+#include "absl/strings/string_view.h"
+#include "nbdring/latency_histogram.h"
 
 namespace nbdring {
 
@@ -19,7 +23,22 @@ struct ClientStats {
   uint64_t queue_full_waits = 0;  // requests that had to wait for an in-flight slot
   uint64_t wakeups = 0;           // cross-thread submissions that had to wake a ring
   uint64_t reconnects = 0;        // connections re-established after a loss
+  // From Submit to the completion callback, per kind of request (whole operations: a split
+  // request counts once, when its last part completes). Requests refused before reaching a
+  // connection are not counted. Kept per ring: Client::stats() has them,
+  // Client::connection_stats() leaves them empty.
+  LatencyHistogram read_latency;
+  LatencyHistogram write_latency;
+  LatencyHistogram other_latency;  // flush, trim, zero, cache, block status
 };
+
+// `stats` as OpenMetrics text (what Prometheus scrapes): counters nbdring_requests_total,
+// nbdring_errors_total, nbdring_bytes_read_total, nbdring_bytes_written_total,
+// nbdring_reconnects_total, nbdring_queue_full_waits_total, and the histogram
+// nbdring_request_latency_seconds{command="read"|"write"|"other"} with a bucket per power of
+// two of nanoseconds (le from 1.024e-06 s). `labels` (e.g. `export="vol7"`, already in
+// OpenMetrics label syntax) is added to every sample; ends with "# EOF".
+std::string OpenMetricsText(const ClientStats& stats, absl::string_view labels = "");
 
 }  // namespace nbdring
 
