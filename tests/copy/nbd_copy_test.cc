@@ -390,6 +390,22 @@ TEST_F(SparseSourceTest, NoExtentsWritesEveryByte) {
   EXPECT_TRUE(ReadFile(File("full.img")) == Expected('\0'));
 }
 
+TEST_F(SparseSourceTest, StatsPrintCountersAndLatencies) {
+  std::unique_ptr<ServerProcess> destination = StartNbdkit({"memory", "64M"});
+  ASSERT_NE(destination, nullptr);
+  const Outcome outcome = RunCopy({"--stats", source_->uri(), destination->uri()}, *dir_);
+  ASSERT_EQ(outcome.exit_status, 0) << outcome.err;
+  EXPECT_THAT(outcome.err, HasSubstr("nbd-copy: source " + source_->uri() + ": "));
+  EXPECT_THAT(outcome.err, HasSubstr("nbd-copy: destination " + destination->uri() + ": "));
+  EXPECT_THAT(outcome.err, HasSubstr("(0 errors, 0 reconnects)"));
+  EXPECT_THAT(outcome.err, HasSubstr("; read latency p50 "));
+  EXPECT_THAT(outcome.err, HasSubstr("; write latency p50 "));
+  // Without the flag, nothing of it.
+  const Outcome quiet = RunCopy({source_->uri(), destination->uri()}, *dir_);
+  ASSERT_EQ(quiet.exit_status, 0) << quiet.err;
+  EXPECT_THAT(quiet.err, ::testing::Not(HasSubstr("latency")));
+}
+
 TEST_F(SparseSourceTest, ZeroRangesAreZeroedOnADirtyExport) {
   std::unique_ptr<ServerProcess> destination = StartDirtyDestination();
   ASSERT_NE(destination, nullptr);

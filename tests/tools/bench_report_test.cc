@@ -1,5 +1,6 @@
 // nbd-bench's output: the JSON schema scripts rely on, derived numbers, and --compare's
 // median ratios.
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -77,6 +78,17 @@ TEST(RunJsonTest, ConnectionSpreadFromPerConnectionCounts) {
   EXPECT_THAT(SpreadLine(result), ::testing::HasSubstr("min 50, median 125, max 200 (max/min 4.00)"));
   result.connection_ios = {400};
   EXPECT_EQ(SpreadLine(result), "");
+}
+
+TEST(HistogramLinesTest, OneLinePerOccupiedPowerOfTwoOfMicroseconds) {
+  LatencyHistogram histogram;
+  EXPECT_EQ(HistogramLines(histogram), "");
+  for (int i = 0; i < 3; ++i) histogram.Record(150'000);  // 150 µs: [128, 256)
+  histogram.Record(3'000'000);                            // 3 ms: [2048, 4096)
+  const std::string lines = HistogramLines(histogram);
+  EXPECT_THAT(lines, ::testing::HasSubstr("[     128,      256) µs          3  75.00 %  cumulative  75.00 %"));
+  EXPECT_THAT(lines, ::testing::HasSubstr("[    2048,     4096) µs          1  25.00 %  cumulative 100.00 %"));
+  EXPECT_EQ(std::count(lines.begin(), lines.end(), '\n'), 2);
 }
 
 TEST(RunJsonTest, LibnbdHasNullIoUringCountersAndNotesWhenGiven) {

@@ -42,6 +42,9 @@ ABSL_FLAG(bool, compare, false,
           "and report the median nbdring/libnbd ratios");
 ABSL_FLAG(int, rounds, 3, "--compare: rounds");
 ABSL_FLAG(bool, json, false, "print the results as JSON on stdout");
+ABSL_FLAG(bool, histogram, false,
+          "under each run, print its latency histogram: one line per power of two of "
+          "microseconds, with the count, the share and the cumulative share");
 ABSL_FLAG(std::string, cpus, "",
           "pin the client's threads to these CPUs, e.g. 1 or 0,1 or 0-3 (sched_setaffinity); "
           "`taskset -c 1 nbd-bench ...` pins the whole process instead");
@@ -63,7 +66,7 @@ namespace {
 constexpr const char* kFlagOrder[] = {
     "rw",      "rwmixread", "bs",     "iodepth", "connections", "threads",
     "runtime", "size",      "ramp",   "offset",  "range",       "verify",
-    "engine",  "compare",   "rounds", "json",    "plot",        "cpus",
+    "engine",  "compare",   "rounds", "json",    "histogram",   "plot",        "cpus",
     "prefill", "batch_delay",
 };
 
@@ -243,6 +246,7 @@ absl::StatusOr<BenchOptions> ParseCommandLine(const std::vector<std::string>& ar
   options.compare = absl::GetFlag(FLAGS_compare);
   options.verify = absl::GetFlag(FLAGS_verify);
   options.json = absl::GetFlag(FLAGS_json);
+  options.histogram = absl::GetFlag(FLAGS_histogram);
   options.prefill = absl::GetFlag(FLAGS_prefill);
   options.batch_delay = absl::GetFlag(FLAGS_batch_delay);
   if (options.batch_delay < absl::ZeroDuration()) {

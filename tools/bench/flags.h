@@ -42,6 +42,7 @@ struct BenchOptions {
   bool compare = false;
   int rounds = 3;
   bool json = false;
+  bool histogram = false;  // print each run's latency histogram (human output only)
   std::vector<int> cpus;
   absl::Duration batch_delay = absl::Microseconds(50);  // nbdring's completion batching
   bool prefill = false;  // external servers; the embedded one is always prefilled for reads

@@ -10,6 +10,7 @@
 #define NBDRING_TOOLS_BENCH_HISTOGRAM_H_
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 
 namespace nbdbench {
@@ -35,6 +36,7 @@ class LatencyHistogram {
   void Merge(const LatencyHistogram& other);
 
   uint64_t count() const { return count_; }
+  uint64_t bucket_count(int index) const { return counts_[static_cast<size_t>(index)]; }
   uint64_t min() const { return count_ == 0 ? 0 : min_; }
   uint64_t max() const { return max_; }
   double mean() const { return count_ == 0 ? 0.0 : static_cast<double>(sum_) / count_; }

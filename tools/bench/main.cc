@@ -339,6 +339,7 @@ int Main(const std::vector<std::string>& arguments) {
       if (const std::string spread = SpreadLine(*result); !spread.empty()) {
         std::printf("%s\n", spread.c_str());
       }
+      if (options.histogram) std::printf("%s", HistogramLines(result->latency).c_str());
       std::fflush(stdout);
     }
     results.push_back(*std::move(result));

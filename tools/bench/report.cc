@@ -162,6 +162,35 @@ std::string TableRow(absl::string_view label, const RunResult& result) {
   return row;
 }
 
+std::string HistogramLines(const LatencyHistogram& histogram) {
+  if (histogram.count() == 0) return "";
+  // Counts per [2^k, 2^(k+1)) µs; values under 1 µs go with [0, 1).
+  std::vector<uint64_t> per_octave(64, 0);
+  for (int index = 0; index < LatencyHistogram::kBucketCount; ++index) {
+    const uint64_t count = histogram.bucket_count(index);
+    if (count == 0) continue;
+    const uint64_t micros = LatencyHistogram::BucketLow(index) / 1000;
+    const int octave = micros == 0 ? 0 : 64 - __builtin_clzll(micros);
+    per_octave[static_cast<size_t>(octave)] += count;
+  }
+  uint64_t largest = 0;
+  for (uint64_t count : per_octave) largest = std::max(largest, count);
+  std::string lines;
+  uint64_t cumulative = 0;
+  const double total = static_cast<double>(histogram.count());
+  for (int octave = 0; octave < 64; ++octave) {
+    const uint64_t count = per_octave[static_cast<size_t>(octave)];
+    if (count == 0) continue;
+    cumulative += count;
+    const uint64_t low = octave == 0 ? 0 : uint64_t{1} << (octave - 1);
+    const uint64_t high = uint64_t{1} << octave;
+    absl::StrAppendFormat(&lines, "  [%8d, %8d) µs %10d %6.2f %%  cumulative %6.2f %%  %s\n",
+                          low, high, count, 100.0 * count / total, 100.0 * cumulative / total,
+                          std::string(static_cast<size_t>(40 * count / largest), '#'));
+  }
+  return lines;
+}
+
 std::string SpreadLine(const RunResult& result) {
   const std::optional<ConnectionSpread> spread = SpreadOf(result);
   if (!spread || result.connection_ios.size() < 2) return "";

@@ -48,6 +48,9 @@ std::string SweepWorkloadLine(const RunSpec& spec, const std::vector<int>& iodep
                               absl::string_view target);
 std::string TableHeader();
 std::string TableRow(absl::string_view label, const RunResult& result);
+// --histogram: one line per power of two of microseconds that holds any latency:
+// "  [   64,   128) µs  12345  38.2 %  cumulative  61.0 %  ########".
+std::string HistogramLines(const LatencyHistogram& histogram);
 // Under a row of a run with several connections: how evenly they were served ("" otherwise).
 std::string SpreadLine(const RunResult& result);
 // The closing lines of --compare: the median ratios.

@@ -37,6 +37,7 @@
 #include "tools/copy/arguments.h"
 #include "tools/copy/byte_size.h"
 #include "tools/copy/copier.h"
+#include "tools/copy/copy_stats.h"
 #include "tools/copy/endpoint.h"
 #include "tools/copy/progress.h"
 
@@ -72,6 +73,9 @@ ABSL_FLAG(bool, synchronous, false,
           "API; streams need no such flag here: they are always written in order)");
 ABSL_FLAG(bool, verbose, false, "Say on stderr what was negotiated and how the copy runs; "
           "also -v");
+ABSL_FLAG(bool, stats, false,
+          "At exit, print each NBD endpoint's requests, errors, reconnects, bytes and latency "
+          "percentiles on stderr");
 ABSL_FLAG(double, timeout, 0,
           "Seconds a request may wait for the server before the copy fails; 0 means no limit");
 
@@ -257,6 +261,15 @@ int main(int argc, char** argv) {
     source->get()->Close().IgnoreError();
     destination->get()->Close().IgnoreError();
     return Fail(kExitFailure, status);
+  }
+  if (absl::GetFlag(FLAGS_stats)) {
+    for (const nbdcopy::Endpoint* endpoint : {source->get(), destination->get()}) {
+      if (endpoint->kind() != nbdcopy::EndpointKind::kNbd) continue;
+      std::fprintf(stderr, "nbd-copy: %s\n",
+                   nbdcopy::StatsLine(nbdcopy::SideName(endpoint->side()), endpoint->spec(),
+                                      endpoint->client()->stats())
+                       .c_str());
+    }
   }
   for (nbdcopy::Endpoint* endpoint : {destination->get(), source->get()}) {
     if (absl::Status closed = endpoint->Close(); !closed.ok()) {
