@@ -3,6 +3,7 @@
 #include "nbdring.h"
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -369,6 +370,73 @@ int nbdring_cache(nbdring_client* client, uint64_t count, uint64_t offset, uint3
   if (!CheckClient(client, "nbdring_cache") || !CheckNotInCompletion("nbdring_cache")) return -1;
   if (flags != 0) return Fail(EINVAL, "nbdring_cache: cache takes no flags");
   return Sync("nbdring_cache", client->client->CacheSync(count, offset));
+}
+
+int nbdring_block_status(nbdring_client* client, uint64_t count, uint64_t offset,
+                         nbdring_extent_callback extent, void* user_data, uint32_t flags) {
+  if (!CheckClient(client, "nbdring_block_status") ||
+      !CheckNotInCompletion("nbdring_block_status")) {
+    return -1;
+  }
+  if (extent == nullptr) return Fail(EFAULT, "nbdring_block_status: extent callback is NULL");
+  if (!CheckFlags(flags, "nbdring_block_status")) return -1;
+  const nbdring::ExportInfo& info = client->client->export_info();
+  if (info.meta_contexts.empty()) {
+    return Fail(ENOTSUP,
+                "nbdring_block_status: no meta context was negotiated (set option "
+                "\"meta_context\", e.g. base:allocation)");
+  }
+  std::vector<std::pair<uint32_t, std::vector<nbd::Extent>>> extents;
+  if (Sync("nbdring_block_status",
+           client->client->BlockStatusSync(count, offset, &extents,
+                                           static_cast<uint16_t>(flags))) != 0) {
+    return -1;
+  }
+  for (const auto& [context_id, list] : extents) {
+    const std::string name = [&] {
+      for (const nbd::MetaContext& context : info.meta_contexts) {
+        if (context.id == context_id) return context.name;
+      }
+      return std::string("unknown");
+    }();
+    uint64_t at = offset;
+    for (const nbd::Extent& one : list) {
+      extent(user_data, name.c_str(), at, one.length, one.flags);
+      at += one.length;
+    }
+  }
+  return 0;
+}
+
+int nbdring_get_stats(nbdring_client* client, nbdring_stats* stats) {
+  if (!CheckClient(client, "nbdring_get_stats")) return -1;
+  if (stats == nullptr) return Fail(EFAULT, "nbdring_get_stats: stats is NULL");
+  const nbdring::ClientStats now = client->client->stats();
+  *stats = nbdring_stats{};
+  stats->requests = now.requests;
+  stats->errors = now.errors;
+  stats->bytes_read = now.bytes_read;
+  stats->bytes_written = now.bytes_written;
+  stats->reconnects = now.reconnects;
+  stats->queue_full_waits = now.queue_full_waits;
+  stats->read_p50_ns = now.read_latency.PercentileNs(0.5);
+  stats->read_p99_ns = now.read_latency.PercentileNs(0.99);
+  stats->write_p50_ns = now.write_latency.PercentileNs(0.5);
+  stats->write_p99_ns = now.write_latency.PercentileNs(0.99);
+  return 0;
+}
+
+char* nbdring_metrics_text(nbdring_client* client, const char* labels) {
+  if (!CheckClient(client, "nbdring_metrics_text")) return nullptr;
+  const std::string text =
+      nbdring::OpenMetricsText(client->client->stats(), labels == nullptr ? "" : labels);
+  char* copy = static_cast<char*>(std::malloc(text.size() + 1));
+  if (copy == nullptr) {
+    Fail(ENOMEM, "nbdring_metrics_text: out of memory");
+    return nullptr;
+  }
+  std::memcpy(copy, text.c_str(), text.size() + 1);
+  return copy;
 }
 
 int64_t nbdring_aio_pread(nbdring_client* client, void* buf, size_t count, uint64_t offset,

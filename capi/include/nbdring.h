@@ -93,6 +93,30 @@ int nbdring_trim(nbdring_client *client, uint64_t count, uint64_t offset, uint32
 int nbdring_zero(nbdring_client *client, uint64_t count, uint64_t offset, uint32_t flags);
 int nbdring_cache(nbdring_client *client, uint64_t count, uint64_t offset, uint32_t flags);
 
+/* Block status (NBD_CMD_BLOCK_STATUS) of [offset, offset + count) for every meta context
+ * negotiated (option "meta_context", e.g. "base:allocation"): `extent` is called once per
+ * extent, in order, with the context's name, the extent's offset, length and flags
+ * (for base:allocation NBDRING_STATE_HOLE 1, NBDRING_STATE_ZERO 2). The server may describe
+ * less than the whole range. 0 or -1 (ENOTSUP: no meta context was negotiated). */
+#define NBDRING_STATE_HOLE 1u
+#define NBDRING_STATE_ZERO 2u
+typedef void (*nbdring_extent_callback)(void *user_data, const char *context, uint64_t offset,
+                                        uint64_t length, uint64_t flags);
+int nbdring_block_status(nbdring_client *client, uint64_t count, uint64_t offset,
+                         nbdring_extent_callback extent, void *user_data, uint32_t flags);
+
+/* Counters since connect, and latency percentiles (from Submit to completion, ns; 0 when
+ * none of that kind completed). 0 or -1. */
+typedef struct nbdring_stats {
+  uint64_t requests, errors, bytes_read, bytes_written, reconnects, queue_full_waits;
+  uint64_t read_p50_ns, read_p99_ns, write_p50_ns, write_p99_ns;
+} nbdring_stats;
+int nbdring_get_stats(nbdring_client *client, nbdring_stats *stats);
+/* The counters and latency histograms as OpenMetrics text for a Prometheus endpoint;
+ * `labels` (may be NULL) is added to every sample, e.g. "volume=\"vol7\"". A string the
+ * caller frees with free(), or NULL on error. */
+char *nbdring_metrics_text(nbdring_client *client, const char *labels);
+
 /* Asynchronous requests: a cookie (> 0) or -1. `completion` may be NULL. */
 typedef void (*nbdring_completion)(void *user_data, int error);
 int64_t nbdring_aio_pread(nbdring_client *client, void *buf, size_t count, uint64_t offset,

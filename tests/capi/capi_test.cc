@@ -4,10 +4,12 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -137,6 +139,70 @@ TEST(CApiTest, LogCallbackGetsLevelsAndMessages) {
   }
   EXPECT_EQ(requests, 1);
   EXPECT_EQ(negotiated, 1);
+}
+
+struct Extents {
+  std::vector<std::tuple<std::string, uint64_t, uint64_t, uint64_t>> list;
+};
+
+void CollectExtent(void* user_data, const char* context, uint64_t offset, uint64_t length,
+                   uint64_t flags) {
+  static_cast<Extents*>(user_data)->list.emplace_back(context, offset, length, flags);
+}
+
+TEST(CApiTest, BlockStatusStatsAndMetrics) {
+  auto server = StartServer({"memory", "1M"});
+  ASSERT_NE(server, nullptr);
+  nbdring_client* plain = nbdring_connect(server->uri().c_str(), nullptr);
+  ASSERT_NE(plain, nullptr) << LastError();
+  Extents none;
+  EXPECT_EQ(nbdring_block_status(plain, 65536, 0, CollectExtent, &none, 0), -1);
+  EXPECT_EQ(nbdring_get_errno(), ENOTSUP);
+  EXPECT_NE(LastError().find("meta_context"), std::string::npos) << LastError();
+  EXPECT_EQ(nbdring_close(plain), 0);
+
+  nbdring_options* options = nbdring_options_create();
+  ASSERT_EQ(nbdring_options_set(options, "meta_context", "base:allocation"), 0);
+  nbdring_client* client = nbdring_connect(server->uri().c_str(), options);
+  nbdring_options_destroy(options);
+  ASSERT_NE(client, nullptr) << LastError();
+  std::vector<char> data(65536, 'x');
+  ASSERT_EQ(nbdring_pwrite(client, data.data(), data.size(), 0, 0), 0) << LastError();
+  ASSERT_EQ(nbdring_pread(client, data.data(), data.size(), 0, 0), 0) << LastError();
+  EXPECT_EQ(nbdring_block_status(client, 1 << 20, 0, nullptr, nullptr, 0), -1);
+  EXPECT_EQ(nbdring_get_errno(), EFAULT);
+  Extents extents;
+  ASSERT_EQ(nbdring_block_status(client, 1 << 20, 0, CollectExtent, &extents, 0), 0)
+      << LastError();
+  ASSERT_GE(extents.list.size(), 2u);
+  // The written 64 KiB are data; the rest of the export was never written: hole and zero.
+  EXPECT_EQ(std::get<0>(extents.list.front()), "base:allocation");
+  EXPECT_EQ(std::get<1>(extents.list.front()), 0u);
+  EXPECT_EQ(std::get<3>(extents.list.front()), 0u);
+  EXPECT_EQ(std::get<3>(extents.list.back()), NBDRING_STATE_HOLE | NBDRING_STATE_ZERO);
+  uint64_t next = 0;
+  for (const auto& [context, offset, length, flags] : extents.list) {
+    EXPECT_EQ(offset, next);  // contiguous, in order
+    next = offset + length;
+  }
+
+  nbdring_stats stats;
+  EXPECT_EQ(nbdring_get_stats(client, nullptr), -1);
+  ASSERT_EQ(nbdring_get_stats(client, &stats), 0) << LastError();
+  EXPECT_GE(stats.requests, 3u);
+  EXPECT_EQ(stats.bytes_written, 65536u);
+  EXPECT_EQ(stats.bytes_read, 65536u);
+  EXPECT_GT(stats.read_p50_ns, 0u);
+  EXPECT_GE(stats.read_p99_ns, stats.read_p50_ns);
+  EXPECT_GT(stats.write_p50_ns, 0u);
+  char* text = nbdring_metrics_text(client, "volume=\"v1\"");
+  ASSERT_NE(text, nullptr) << LastError();
+  const std::string metrics(text);
+  std::free(text);
+  EXPECT_NE(metrics.find("nbdring_bytes_written_total{volume=\"v1\"} 65536"), std::string::npos)
+      << metrics;
+  EXPECT_EQ(metrics.substr(metrics.size() - 6), "# EOF\n");
+  EXPECT_EQ(nbdring_close(client), 0);
 }
 
 TEST(CApiTest, SynchronousCallsAndExportFlags) {
