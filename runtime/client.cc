@@ -359,6 +359,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
     if (options.reconnect) {
       connection_options.reconnect_delay_ns =
           RingNanoseconds(options.reconnect_delay, /*zero_is_none=*/false, INT64_MAX);
+      connection_options.reconnect_attempts = std::max(options.reconnect_attempts, 0);
       connection_options.reconnect = [options, address = *address, info, tls = *tls](
                                          absl::Time deadline,
                                          int abort_fd) -> absl::StatusOr<Reconnected> {

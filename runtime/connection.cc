@@ -48,7 +48,8 @@ Connection::Connection(Ring* ring, FileDescriptor fd, std::unique_ptr<TlsSession
   };
   cancel_completion_.owner = this;
   if (options_.reconnect != nullptr) {
-    reconnector_ = std::make_unique<Reconnector>(options_.reconnect, options_.wake_ring);
+    reconnector_ = std::make_unique<Reconnector>(options_.reconnect, options_.wake_ring,
+                                                 options_.reconnect_attempts);
   }
 }
 

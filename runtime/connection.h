@@ -85,6 +85,7 @@ struct ConnectionOptions {
   Reconnector::Attempt reconnect;
   std::function<void()> wake_ring;
   int64_t reconnect_delay_ns = 0;
+  int reconnect_attempts = 0;  // per loss; 0: no limit but the delay
   std::shared_ptr<const Logger> logger;  // null: logging off
   LatencyRecorder* latency = nullptr;     // the owning ring's histograms
 };

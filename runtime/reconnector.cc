@@ -8,13 +8,15 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 
 namespace nbdring {
 
-Reconnector::Reconnector(Attempt attempt, std::function<void()> wake_ring)
+Reconnector::Reconnector(Attempt attempt, std::function<void()> wake_ring, int max_attempts)
     : attempt_(std::move(attempt)),
       wake_ring_(std::move(wake_ring)),
+      max_attempts_(max_attempts),
       // Without an eventfd (EMFILE) Abort() cannot interrupt an attempt, only wait for its
       // deadline: degraded, not broken.
       abort_fd_(eventfd(0, EFD_CLOEXEC)) {}
@@ -34,9 +36,17 @@ void Reconnector::RunSeries(absl::Time deadline) {
   pthread_setname_np(pthread_self(), "nbdring-reconn");
   absl::Duration backoff = absl::Milliseconds(100);
   std::optional<absl::StatusOr<Reconnected>> result;
+  int attempts = 0;
   while (absl::Now() < deadline) {
     result = attempt_(deadline, abort_fd_.get());
+    ++attempts;
     if (result->ok() || result->status().code() == absl::StatusCode::kCancelled) break;
+    if (max_attempts_ > 0 && attempts >= max_attempts_) {
+      result = absl::Status(result->status().code(),
+                            absl::StrCat("gave up after ", attempts, " attempt(s), the last: ",
+                                         result->status().message()));
+      break;
+    }
     if (!BackOff(std::min(absl::Now() + backoff, deadline))) {
       result = absl::CancelledError("the client closed while reconnecting");
       break;

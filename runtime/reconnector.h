@@ -2,7 +2,7 @@
 //
 // A series of attempts runs on a helper thread (connect + handshake block, and must not stall
 // the ring): attempt, back off 100 ms doubling to 2 s, attempt again, until one succeeds or
-// the series' budget is spent. The thread hands its outcome over under a mutex and wakes the
+// the series' budget (a deadline, and optionally a number of attempts) is spent. The thread hands its outcome over under a mutex and wakes the
 // ring, which collects it with TakeResult(). Abort() is final: it makes a running attempt
 // return at once — the connect, every handshake wait and the back-off all watch one eventfd —
 // and joins the thread, so Client::Close() never waits for a server that does not answer.
@@ -36,7 +36,8 @@ class Reconnector {
   // soon as `abort_fd` is readable.
   using Attempt = std::function<absl::StatusOr<Reconnected>(absl::Time deadline, int abort_fd)>;
 
-  Reconnector(Attempt attempt, std::function<void()> wake_ring);
+  // `max_attempts` per series; 0: as many as fit before the deadline.
+  Reconnector(Attempt attempt, std::function<void()> wake_ring, int max_attempts = 0);
   ~Reconnector();  // Abort()
   Reconnector(const Reconnector&) = delete;
   Reconnector& operator=(const Reconnector&) = delete;
@@ -56,6 +57,7 @@ class Reconnector {
 
   Attempt attempt_;
   std::function<void()> wake_ring_;
+  int max_attempts_ = 0;
   FileDescriptor abort_fd_;  // eventfd, written once by Abort()
   bool aborted_ = false;     // ring thread's view
   std::thread thread_;

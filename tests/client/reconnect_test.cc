@@ -64,12 +64,13 @@ class ReconnectTest : public ::testing::Test {
     server_ = *std::move(server);
   }
 
-  std::unique_ptr<Client> Connect(bool reconnect, absl::Duration delay) {
+  std::unique_ptr<Client> Connect(bool reconnect, absl::Duration delay, int attempts = 0) {
     ClientOptions options;
     options.uri = server_->uri();
     options.connections = 2;
     options.reconnect = reconnect;
     options.reconnect_delay = delay;
+    options.reconnect_attempts = attempts;
     const std::set<std::string> before = OpenSockets();
     auto client = Client::Connect(options);
     EXPECT_TRUE(client.ok()) << client.status();
@@ -178,6 +179,25 @@ TEST_F(ReconnectTest, GivesUpAfterTheReconnectDelay) {
   std::vector<uint8_t> buffer(4096);
   absl::Status late = client->PreadSync(buffer.data(), buffer.size(), 0);
   EXPECT_EQ(late.code(), absl::StatusCode::kUnavailable) << late;
+}
+
+TEST_F(ReconnectTest, GivesUpAfterTheAttemptsAllowed) {
+  // Two attempts (0.1 s apart) end the series long before the 30 s delay would.
+  std::unique_ptr<Client> client = Connect(true, absl::Seconds(30), /*attempts=*/2);
+  ASSERT_NE(client, nullptr);
+  std::vector<ReadRequest> reads(4);
+  ASSERT_NO_FATAL_FAILURE(SubmitReads(*client, reads));
+  const absl::Time killed_at = absl::Now();
+  server_->Kill(SIGKILL);
+  ASSERT_TRUE(server_->Wait().ok());
+  ASSERT_TRUE(tracker_.WaitFor(reads.size(), kWait));
+  EXPECT_LT(absl::Now() - killed_at, absl::Seconds(5));
+  for (ReadRequest& read : reads) {
+    EXPECT_EQ(tracker_.completions(&read), 1);
+    const absl::Status status = tracker_.status(&read);
+    EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+    EXPECT_THAT(status.message(), HasSubstr("gave up after 2 attempt(s)"));
+  }
 }
 
 TEST_F(ReconnectTest, WithoutReconnectEveryRequestFailsOnce) {

@@ -498,6 +498,65 @@ TEST_F(NbdCopyTest, SourceWithoutStructuredRepliesIsCopiedWhole) {
   EXPECT_TRUE(copied == ReadFile(File("reference.img")));
 }
 
+// A source that is killed once the copy is under way and started again on the same socket.
+class ServerRestartTest : public NbdCopyTest {
+ protected:
+  void SetUp() override {
+    NbdCopyTest::SetUp();
+    ASSERT_TRUE(nbd::testing::WriteDiskImage(File("source.img"), 64 * kMiB, [](uint64_t offset) {
+                  return static_cast<uint8_t>(offset * 29 + (offset >> 20));
+                }).ok());
+    // 256 reads of 256 KiB, 4 at a time, 40 ms each: about 2.6 s of copying.
+    server_ = StartNbdkit({"--filter=delay", "file", File("source.img"), "rdelay=40ms"});
+    ASSERT_NE(server_, nullptr);
+  }
+
+  // Starts nbd-copy with `extra` flags, waits until --progress says 5-90 % is done, then kills
+  // the server and starts it again. Returns the copy's exit status.
+  std::optional<int> CopyThroughARestart(const std::vector<std::string>& extra) {
+    std::vector<std::string> arguments = {"--connections=1", "--requests=4",
+                                          "--request-size=256k", "--progress=2"};
+    arguments.insert(arguments.end(), extra.begin(), extra.end());
+    arguments.push_back(server_->uri());
+    arguments.push_back(File("copy.img"));
+    const pid_t pid = StartCopy(arguments, File("copy.log"));
+    if (pid < 0) return std::nullopt;
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    bool under_way = false;
+    while (!under_way && absl::Now() < deadline) {
+      for (absl::string_view line : absl::StrSplit(ReadFile(File("copy.log")), '\n')) {
+        int percent = 0;
+        if (absl::ConsumeSuffix(&line, "/100") && absl::SimpleAtoi(line, &percent) &&
+            percent >= 5 && percent <= 90) {
+          under_way = true;
+        }
+      }
+      if (!under_way) absl::SleepFor(absl::Milliseconds(10));
+    }
+    EXPECT_TRUE(under_way) << ReadFile(File("copy.log"));
+    server_->Kill(SIGKILL);
+    EXPECT_TRUE(server_->Wait().ok());
+    EXPECT_TRUE(server_->Restart().ok());
+    return WaitForExit(pid, absl::Seconds(60));
+  }
+
+  std::unique_ptr<ServerProcess> server_;
+};
+
+TEST_F(ServerRestartTest, RetriesEndWithAnIdenticalCopy) {
+  const std::optional<int> status = CopyThroughARestart({"--retries=10"});
+  ASSERT_EQ(status, 0) << ReadFile(File("copy.log"));
+  EXPECT_TRUE(ReadFile(File("copy.img")) == ReadFile(File("source.img")))
+      << "the copy differs from the source";
+}
+
+TEST_F(ServerRestartTest, WithoutRetriesTheCopyFailsSayingHowFarItGot) {
+  const std::optional<int> status = CopyThroughARestart({});
+  ASSERT_EQ(status, 1) << ReadFile(File("copy.log"));
+  EXPECT_THAT(ReadFile(File("copy.log")),
+              ::testing::ContainsRegex("the copy stopped after [0-9]+ of 67108864 bytes"));
+}
+
 TEST_F(NbdCopyTest, PipesBothWays) {
   const std::string original = RandomBytes(8 * kMiB + 777, 4);
   WriteFile(File("original.img"), original);

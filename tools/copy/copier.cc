@@ -301,7 +301,17 @@ absl::Status Copier::Run(const std::function<void(const CopyProgress&)>& on_tick
   }
   {
     std::lock_guard<std::mutex> lock(done_mutex_);
-    if (!first_error_.ok()) return first_error_;
+    if (!first_error_.ok()) {
+      // Say how far it got: what the destination holds is good up to there only in
+      // aggregate (requests complete out of order), so it is not a resumable offset.
+      return absl::Status(first_error_.code(),
+                          absl::StrCat(first_error_.message(), " (the copy stopped after ",
+                                       bytes_done_.load(), " of ",
+                                       total_bytes_.has_value()
+                                           ? absl::StrCat(*total_bytes_)
+                                           : std::string("an unknown number of"),
+                                       " bytes)"));
+    }
   }
   if (total_bytes_.has_value() && bytes_done_.load() != *total_bytes_) {
     return absl::InternalError(absl::StrCat("the copy ended after ", bytes_done_.load(),

@@ -62,6 +62,13 @@ absl::StatusOr<std::unique_ptr<Endpoint>> Endpoint::Open(const std::string& spec
     options.threads = nbd_options.threads;
     options.inflight_limit = nbd_options.requests_per_connection;
     options.request_timeout = nbd_options.request_timeout;
+    if (nbd_options.retries > 0) {
+      options.reconnect = true;
+      options.reconnect_attempts = nbd_options.retries;
+      // Enough for every attempt: each waits for the server up to connect_timeout (10 s),
+      // and the back-off between them is at most 2 s.
+      options.reconnect_delay = absl::Seconds(12) * nbd_options.retries;
+    }
     if (side == Side::kSource && nbd_options.want_extents) {
       options.meta_contexts = {kBaseAllocation};
     }

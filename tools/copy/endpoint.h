@@ -38,6 +38,9 @@ struct NbdOptions {
   uint32_t requests_per_connection = 16;
   bool want_extents = true;  // negotiate base:allocation (source only)
   absl::Duration request_timeout = absl::ZeroDuration();
+  // Reconnect attempts per lost connection (the requests in flight are sent again once
+  // back); 0: a lost connection fails the copy.
+  int retries = 0;
 };
 
 class Endpoint {

@@ -73,6 +73,10 @@ ABSL_FLAG(bool, synchronous, false,
           "API; streams need no such flag here: they are always written in order)");
 ABSL_FLAG(bool, verbose, false, "Say on stderr what was negotiated and how the copy runs; "
           "also -v");
+ABSL_FLAG(int, retries, 0,
+          "When a server connection is lost, reconnect up to this many times (backing off "
+          "0.1 s to 2 s) and send what was in flight again; 0: the copy fails at the first "
+          "loss. nbdcopy has no such flag");
 ABSL_FLAG(bool, stats, false,
           "At exit, print each NBD endpoint's requests, errors, reconnects, bytes and latency "
           "percentiles on stderr");
@@ -189,6 +193,12 @@ int main(int argc, char** argv) {
   nbd_options.requests_per_connection = static_cast<uint32_t>(requests);
   nbd_options.want_extents = !absl::GetFlag(FLAGS_no_extents);
   nbd_options.request_timeout = absl::Seconds(timeout);
+  nbd_options.retries = absl::GetFlag(FLAGS_retries);
+  if (nbd_options.retries < 0 || nbd_options.retries > 1000) {
+    return Fail(kExitUsage, absl::InvalidArgumentError(absl::StrCat(
+                                "--retries must be between 0 and 1000, got ",
+                                nbd_options.retries)));
+  }
 
   absl::StatusOr<std::unique_ptr<nbdcopy::Endpoint>> source =
       nbdcopy::Endpoint::Open(positional[0], nbdcopy::Side::kSource, nbd_options);

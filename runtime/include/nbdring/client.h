@@ -126,6 +126,8 @@ struct ClientOptions {
   // Protocol violations and request timeouts still close the connection for good.
   bool reconnect = false;
   absl::Duration reconnect_delay = absl::Seconds(30);
+  // At most this many connect attempts per loss (0: as many as fit in reconnect_delay).
+  int reconnect_attempts = 0;
   // Diagnostics. `log` receives every message at or above `log_level`; it is called from the
   // thread calling Connect, from ring threads and from reconnect attempts, possibly at the
   // same time, so it must be thread-safe, and it should return quickly (kDebug calls it twice
