@@ -198,6 +198,9 @@ int nbdring_options_set(nbdring_options* options, const char* key, const char* v
   if (name == "connections" || name == "threads") {
     if (!number_in(1, 1024)) return bad_value("a number from 1 to 1024");
     (name == "connections" ? o.connections : o.threads) = static_cast<int>(number);
+  } else if (name == "reconnect_attempts") {
+    if (!number_in(0, 1000000)) return bad_value("a number from 0 (no limit) to 1000000");
+    o.reconnect_attempts = static_cast<int>(number);
   } else if (name == "inflight_limit") {
     if (!number_in(1, 65536)) return bad_value("a number from 1 to 65536");
     o.inflight_limit = static_cast<uint32_t>(number);

@@ -38,8 +38,8 @@ typedef struct nbdring_options nbdring_options;
 
 /* Options, set by name. Keys: "connections", "threads", "inflight_limit",
  * "request_timeout_ms", "connect_timeout_ms", "close_timeout_ms", "reconnect" (true/false),
- * "reconnect_delay_ms", "completion_batch_delay_us", "structured_replies" (true/false),
- * "receive_buffer_bytes", "meta_context" (adds one, e.g. "base:allocation"), "ring_cpus"
+ * "reconnect_delay_ms", "reconnect_attempts" (per loss; 0: no limit),
+ * "completion_batch_delay_us", "structured_replies" (true/false), "receive_buffer_bytes", "meta_context" (adds one, e.g. "base:allocation"), "ring_cpus"
  * (CPUs to pin the ring threads "nbdring-ring-N" to, e.g. "0,2"); TLS: "tls"
  * (disable/allow/require; default: require for nbds URIs, disable for nbd), "tls_certificates"
  * (directory with ca-cert.pem [client-cert.pem client-key.pem]), "tls_psk_file" (psktool

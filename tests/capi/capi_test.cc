@@ -43,6 +43,8 @@ TEST(CApiTest, OptionsTakeKnownKeysAndRefuseTheRest) {
   EXPECT_EQ(nbdring_options_set(options, "inflight_limit", "16"), 0);
   EXPECT_EQ(nbdring_options_set(options, "request_timeout_ms", "5000"), 0);
   EXPECT_EQ(nbdring_options_set(options, "reconnect", "true"), 0);
+  EXPECT_EQ(nbdring_options_set(options, "reconnect_attempts", "3"), 0);
+  EXPECT_EQ(nbdring_options_set(options, "reconnect_attempts", "-1"), -1);
   EXPECT_EQ(nbdring_options_set(options, "meta_context", "base:allocation"), 0);
   EXPECT_EQ(nbdring_options_set(options, "completion_batch_delay_us", "0"), 0);
   EXPECT_EQ(nbdring_options_set(options, "tls", "allow"), 0);
