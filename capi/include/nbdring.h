@@ -43,7 +43,8 @@ typedef struct nbdring_options nbdring_options;
  * "meta_context" (adds one, e.g. "base:allocation"), "ring_cpus" (CPUs to pin the ring
  * threads "nbdring-ring-N" to, e.g. "0,2"); TLS: "tls" (disable/allow/require; default:
  * require for nbds URIs, disable for nbd), "tls_certificates" (directory with ca-cert.pem
- * [client-cert.pem client-key.pem]), "tls_psk_file" (psktool format), "tls_username", "tls_hostname", "tls_verify_peer" (true/false; default true).
+ * [client-cert.pem client-key.pem]), "tls_psk_file" (psktool format), "tls_username",
+ * "tls_hostname", "tls_verify_peer" (true/false; default true).
  * nbdring_options_set returns 0, or -1 for an unknown key or a bad value. A TLS handshake
  * that fails (certificate not trusted, wrong host, wrong key) fails nbdring_connect with
  * errno EACCES. */
