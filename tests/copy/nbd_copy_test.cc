@@ -34,6 +34,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nbdring/client.h"
+#include "tests/copy/copy_test_support.h"
 #include "tests/testing/server_process.h"
 
 namespace {
@@ -42,27 +43,13 @@ using ::nbd::testing::ServerProcess;
 using ::nbd::testing::TempDir;
 using ::testing::HasSubstr;
 
-constexpr uint64_t kMiB = 1024 * 1024;
+using ::nbdcopy::testing::kMiB;
 constexpr uint64_t kGiB = 1024 * kMiB;
 
-struct Outcome {
-  int exit_status = -1;
-  std::string err;
-};
-
-std::string CopyPath() {
-  const char* runfiles = std::getenv("TEST_SRCDIR");
-  return absl::StrCat(runfiles != nullptr ? runfiles : ".", "/nbdring/tools/nbd-copy");
-}
-
-std::string Quote(const std::string& text) { return absl::StrCat("'", text, "'"); }
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream contents;
-  contents << in.rdbuf();
-  return contents.str();
-}
+using ::nbdcopy::testing::CopyPath;
+using ::nbdcopy::testing::Outcome;
+using ::nbdcopy::testing::Quote;
+using ::nbdcopy::testing::ReadFile;
 
 void WriteFile(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);

@@ -24,6 +24,7 @@
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/copy/copy_test_support.h"
 #include "tests/testing/server_process.h"
 
 namespace {
@@ -35,26 +36,12 @@ using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::Not;
 
-constexpr uint64_t kMiB = 1024 * 1024;
+using ::nbdcopy::testing::kMiB;
 
-struct Outcome {
-  int exit_status = -1;
-  std::string err;
-};
-
-std::string CopyPath() {
-  const char* runfiles = std::getenv("TEST_SRCDIR");
-  return absl::StrCat(runfiles != nullptr ? runfiles : ".", "/nbdring/tools/nbd-copy");
-}
-
-std::string Quote(const std::string& text) { return absl::StrCat("'", text, "'"); }
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream contents;
-  contents << in.rdbuf();
-  return contents.str();
-}
+using ::nbdcopy::testing::CopyPath;
+using ::nbdcopy::testing::Outcome;
+using ::nbdcopy::testing::Quote;
+using ::nbdcopy::testing::ReadFile;
 
 // Runs `program` (nbd-copy or nbdcopy) with `arguments`, each quoted, stdin from /dev/null
 // and `shell_suffix` (e.g. a "3>file" redirection) appended; stderr is captured.
