@@ -28,7 +28,11 @@ class Client::Impl {
  public:
   ClientOptions options;
   std::string address_text;
-  std::vector<std::unique_ptr<RingThread>> rings;
+  // Threaded mode: the threads that turn the loops. Caller-driven mode (threads = 0): none,
+  // and `polled` is the one loop, turned by Poll() on the thread that connected.
+  std::vector<std::unique_ptr<RingThread>> ring_threads;
+  std::unique_ptr<RingLoop> polled;
+  std::vector<RingLoop*> rings;  // every loop, either way
   std::atomic<uint32_t> next_ring{0};
   std::atomic<uint64_t> next_submission_id{1};
   std::atomic<bool> closed{false};
@@ -39,10 +43,23 @@ class Client::Impl {
   int connection_count = 0;
   std::shared_ptr<const Logger> logger;
 
-  // The ring whose thread is calling, or nullptr from any other thread.
-  RingThread* CurrentRing() const {
-    for (const std::unique_ptr<RingThread>& ring : rings) {
-      if (ring->on_this_thread()) return ring.get();
+  // Who calls a *Sync method: from a callback it must refuse; on the polling thread of a
+  // caller-driven client it turns the loop itself until its request is done.
+  struct SyncCaller {
+    bool in_callback = false;
+    RingLoop* drive = nullptr;
+  };
+  SyncCaller sync_caller() const {
+    SyncCaller caller;
+    caller.in_callback = CurrentRing() != nullptr;
+    if (polled != nullptr && polled->on_this_thread()) caller.drive = polled.get();
+    return caller;
+  }
+
+  // The loop whose callback is calling (inside a turn on its thread), or nullptr.
+  RingLoop* CurrentRing() const {
+    for (RingLoop* ring : rings) {
+      if (ring->in_turn_on_this_thread()) return ring;
     }
     return nullptr;
   }
@@ -256,6 +273,22 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
     }
   }
   int wanted_connections = std::max(options.connections, 1);
+  const bool caller_driven = options.threads == 0;
+  if (options.threads < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "threads must be 0 (caller-driven: Poll) or a number of ring threads, got ",
+        options.threads));
+  }
+  if (caller_driven && options.reconnect) {
+    return absl::InvalidArgumentError(
+        "reconnect needs ring threads (threads >= 1): in caller-driven mode (threads = 0) a "
+        "lost connection is not re-established");
+  }
+  if (caller_driven && !options.ring_cpus.empty()) {
+    return absl::InvalidArgumentError(
+        "ring_cpus needs ring threads (threads >= 1): with threads = 0 the ring runs on the "
+        "caller's thread, which the caller pins");
+  }
   int threads = std::max(options.threads, 1);
   if (wanted_connections > 1024 || threads > 256) {
     return absl::InvalidArgumentError(absl::StrCat("connections (", wanted_connections,
@@ -395,14 +428,24 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   ring_options.batch_min_in_flight = options.completion_batch_min_in_flight;
   ring_options.close_timeout_ns =
       RingNanoseconds(options.close_timeout, /*zero_is_none=*/false, INT64_MAX);
-  for (int t = 0; t < threads; ++t) {
+  if (caller_driven) {
+    ring_options.notify_fd = true;
+    auto loop = RingLoop::Create(info, &per_thread[0], ring_options);
+    if (!loop.ok()) return loop.status();
+    impl.polled = *std::move(loop);
+    impl.rings.push_back(impl.polled.get());
+    client->notes_.push_back(
+        "caller-driven: no threads; Poll() on the thread that connected turns the ring");
+  }
+  for (int t = 0; !caller_driven && t < threads; ++t) {
     ring_options.index = t;
     ring_options.cpu = options.ring_cpus.empty()
                            ? -1
                            : options.ring_cpus[static_cast<size_t>(t) % options.ring_cpus.size()];
     auto ring = RingThread::Start(info, std::move(per_thread[t]), ring_options);
     if (!ring.ok()) return ring.status();
-    impl.rings.push_back(*std::move(ring));
+    impl.rings.push_back(&(*ring)->loop());
+    impl.ring_threads.push_back(*std::move(ring));
   }
   // Every ring of a process probes the same kernel: one note says which paths they took.
   client->notes_.push_back(absl::StrCat("io_uring: ", impl.rings.front()->ring_description()));
@@ -418,28 +461,65 @@ absl::Status Client::Close() {
   if (impl_->CurrentRing() != nullptr) {
     return absl::FailedPreconditionError("Client::Close called from one of its own callbacks");
   }
+  if (impl_->polled != nullptr && !impl_->polled->on_this_thread()) {
+    return absl::FailedPreconditionError(
+        "Client::Close of a caller-driven client (threads = 0) must run on the thread that "
+        "connected it, which turns its ring");
+  }
   if (impl_->closed.exchange(true)) return absl::OkStatus();
   if (impl_->logger != nullptr) impl_->logger->Log(LogLevel::kInfo, "closing");
   // A Submit that read `closed` as false is about to hand its operation to a ring; the rings
   // must take it before they stop (see Submit). Such a call is a few instructions long.
   while (impl_->submits_in_progress.load() != 0) std::this_thread::yield();
-  for (const std::unique_ptr<RingThread>& ring : impl_->rings) ring->RequestClose();
-  for (const std::unique_ptr<RingThread>& ring : impl_->rings) ring->Join();
+  for (RingLoop* ring : impl_->rings) ring->RequestClose();
+  for (const std::unique_ptr<RingThread>& ring : impl_->ring_threads) ring->Join();
+  if (impl_->polled != nullptr) {
+    while (impl_->polled->Turn(-1)) {
+    }
+  }
   return absl::OkStatus();
 }
 
 int Client::connections() const { return impl_->connection_count; }
-int Client::threads() const { return static_cast<int>(impl_->rings.size()); }
+int Client::threads() const { return static_cast<int>(impl_->ring_threads.size()); }
+
+absl::Status Client::Poll(absl::Duration timeout) {
+  RingLoop* loop = impl_->polled.get();
+  if (loop == nullptr) {
+    return absl::FailedPreconditionError(
+        "Client::Poll is for caller-driven clients (ClientOptions::threads = 0); this one has "
+        "ring threads");
+  }
+  if (!loop->on_this_thread()) {
+    return absl::FailedPreconditionError(
+        "Client::Poll must run on the thread that connected the client (the ring is theirs)");
+  }
+  if (loop->in_turn_on_this_thread()) {
+    return absl::FailedPreconditionError("Client::Poll called from one of its own callbacks");
+  }
+  if (impl_->closed.load()) return absl::FailedPreconditionError("the client is closed");
+  int64_t timeout_ns = -1;
+  if (timeout != absl::InfiniteDuration()) {
+    timeout_ns = std::max<int64_t>(absl::ToInt64Nanoseconds(timeout), 0);
+  }
+  loop->Turn(timeout_ns);
+  return absl::OkStatus();
+}
+
+int Client::fd() {
+  if (impl_->polled == nullptr || !impl_->polled->on_this_thread()) return -1;
+  return impl_->polled->EnableNotifyFd();
+}
 
 ClientStats Client::stats() const {
   ClientStats stats;
-  for (const std::unique_ptr<RingThread>& ring : impl_->rings) ring->AddStats(&stats);
+  for (RingLoop* ring : impl_->rings) ring->AddStats(&stats);
   return stats;
 }
 
 std::vector<ClientStats> Client::connection_stats() const {
   std::vector<std::pair<int, ClientStats>> indexed;
-  for (const std::unique_ptr<RingThread>& ring : impl_->rings) ring->AppendConnectionStats(&indexed);
+  for (RingLoop* ring : impl_->rings) ring->AppendConnectionStats(&indexed);
   std::sort(indexed.begin(), indexed.end(),
             [](const auto& a, const auto& b) { return a.first < b.first; });
   std::vector<ClientStats> stats;
@@ -567,9 +647,7 @@ void Client::Cancel(Operation* operation, uint64_t submission_id) {
   if (submission_id == 0 || impl_->closed.load(std::memory_order_acquire)) return;
   // Rings are few (default one): asking each is simpler than tracking where it went. Each
   // ring compares the id with the submission it holds, so a stale id matches nothing.
-  for (const std::unique_ptr<RingThread>& ring : impl_->rings) {
-    ring->Cancel(operation, submission_id);
-  }
+  for (RingLoop* ring : impl_->rings) ring->Cancel(operation, submission_id);
 }
 
 uint64_t Client::Submit(Operation* operation) {
@@ -585,7 +663,7 @@ uint64_t Client::Submit(Operation* operation) {
   StateOf(operation).submitted_ns = MonotonicNanoseconds();
   StateOf(operation).first_error = Validate(*operation);
   if (operation->on_complete == nullptr) return submission_id;  // nothing to tell
-  if (RingThread* ring = impl_->CurrentRing(); ring != nullptr) {
+  if (RingLoop* ring = impl_->CurrentRing(); ring != nullptr) {
     // From a callback: this ring is running, so it takes the operation (or, once closing,
     // fails it on its next turn). The hot path of callback-driven I/O: no atomics here.
     ring->Submit(operation);
@@ -655,10 +733,11 @@ void Client::BlockStatus(uint64_t length, uint64_t offset, ExtentsCallback exten
 
 namespace {
 
-absl::Status RunSync(Client* client, bool on_ring_thread, Command command, uint16_t flags,
+template <typename SyncCaller>
+absl::Status RunSync(Client* client, const SyncCaller& caller, Command command, uint16_t flags,
                      uint64_t offset, uint64_t length, void* buffer,
                      std::vector<std::pair<uint32_t, std::vector<Extent>>>* extents = nullptr) {
-  if (on_ring_thread) {
+  if (caller.in_callback) {
     return absl::FailedPreconditionError(absl::StrCat(
         "synchronous ", nbd::CommandName(command),
         " called from a client callback would wait for itself; use the asynchronous call"));
@@ -673,6 +752,11 @@ absl::Status RunSync(Client* client, bool on_ring_thread, Command command, uint1
   operation.on_complete = &OnSyncComplete;
   if (extents != nullptr) operation.on_extents = &OnSyncExtents;
   client->Submit(&operation);
+  if (caller.drive != nullptr) {
+    // Caller-driven: nobody else turns this loop. A finished loop has completed everything.
+    while (!operation.done.load(std::memory_order_acquire) && caller.drive->Turn(-1)) {
+    }
+  }
   while (!operation.done.load(std::memory_order_acquire)) operation.done.wait(false);
   return operation.status;
 }
@@ -680,30 +764,30 @@ absl::Status RunSync(Client* client, bool on_ring_thread, Command command, uint1
 }  // namespace
 
 absl::Status Client::PreadSync(void* buffer, uint64_t length, uint64_t offset, uint16_t flags) {
-  return RunSync(this, impl_->CurrentRing() != nullptr, Command::kRead, flags, offset, length, buffer);
+  return RunSync(this, impl_->sync_caller(), Command::kRead, flags, offset, length, buffer);
 }
 absl::Status Client::PwriteSync(const void* buffer, uint64_t length, uint64_t offset,
                                 uint16_t flags) {
-  return RunSync(this, impl_->CurrentRing() != nullptr, Command::kWrite, flags, offset, length,
+  return RunSync(this, impl_->sync_caller(), Command::kWrite, flags, offset, length,
                  const_cast<void*>(buffer));
 }
 absl::Status Client::FlushSync() {
-  return RunSync(this, impl_->CurrentRing() != nullptr, Command::kFlush, 0, 0, 0, nullptr);
+  return RunSync(this, impl_->sync_caller(), Command::kFlush, 0, 0, 0, nullptr);
 }
 absl::Status Client::TrimSync(uint64_t length, uint64_t offset, uint16_t flags) {
-  return RunSync(this, impl_->CurrentRing() != nullptr, Command::kTrim, flags, offset, length, nullptr);
+  return RunSync(this, impl_->sync_caller(), Command::kTrim, flags, offset, length, nullptr);
 }
 absl::Status Client::WriteZeroesSync(uint64_t length, uint64_t offset, uint16_t flags) {
-  return RunSync(this, impl_->CurrentRing() != nullptr, Command::kWriteZeroes, flags, offset, length,
+  return RunSync(this, impl_->sync_caller(), Command::kWriteZeroes, flags, offset, length,
                  nullptr);
 }
 absl::Status Client::CacheSync(uint64_t length, uint64_t offset) {
-  return RunSync(this, impl_->CurrentRing() != nullptr, Command::kCache, 0, offset, length, nullptr);
+  return RunSync(this, impl_->sync_caller(), Command::kCache, 0, offset, length, nullptr);
 }
 absl::Status Client::BlockStatusSync(
     uint64_t length, uint64_t offset,
     std::vector<std::pair<uint32_t, std::vector<Extent>>>* extents, uint16_t flags) {
-  return RunSync(this, impl_->CurrentRing() != nullptr, Command::kBlockStatus, flags, offset, length,
+  return RunSync(this, impl_->sync_caller(), Command::kBlockStatus, flags, offset, length,
                  nullptr, extents);
 }
 

@@ -5,6 +5,9 @@
 #include <cstring>
 #include <fstream>
 
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "runtime/uring_compat.h"
@@ -49,7 +52,7 @@ absl::Status DescribeRingSetupFailure(int error_number) {
   }
 }
 
-absl::StatusOr<std::unique_ptr<Ring>> Ring::Create(unsigned entries) {
+absl::StatusOr<std::unique_ptr<Ring>> Ring::Create(unsigned entries, bool notify_fd) {
   std::unique_ptr<Ring> ring(new Ring());
   struct Attempt {
     unsigned flags;
@@ -69,6 +72,9 @@ absl::StatusOr<std::unique_ptr<Ring>> Ring::Create(unsigned entries) {
     if (!defer_taskrun && (attempt.flags & IORING_SETUP_DEFER_TASKRUN) != 0) continue;
     io_uring_params params{};
     params.flags = attempt.flags;
+    // TASKRUN_FLAG (5.19) needs COOP_TASKRUN or DEFER_TASKRUN; a plain ring runs task work
+    // on every return to user space, where HasPendingWork sees its completions instead.
+    if (notify_fd && attempt.flags != 0) params.flags |= IORING_SETUP_TASKRUN_FLAG;
     result = io_uring_queue_init_params(entries, &ring->ring_, &params);
     if (result == 0) {
       ring->initialised_ = true;
@@ -88,6 +94,10 @@ absl::StatusOr<std::unique_ptr<Ring>> Ring::Create(unsigned entries) {
         ring->min_wait_ = true;
         waits = "completion batching in the kernel (min_wait)";
       }
+      if (notify_fd) {
+        absl::Status notify = ring->SetUpNotifyFd();
+        if (!notify.ok()) return notify;
+      }
       ring->setup_description_ = absl::StrCat(
           attempt.description, defer_taskrun ? "" : " (defer_taskrun disabled by "
                                                     "NBDRING_DISABLE_FEATURES)",
@@ -98,6 +108,43 @@ absl::StatusOr<std::unique_ptr<Ring>> Ring::Create(unsigned entries) {
     if (result != -EINVAL) break;
   }
   return DescribeRingSetupFailure(-result);
+}
+
+absl::Status Ring::SetUpNotifyFd() {
+  notify_fd_ = FileDescriptor(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (notify_fd_.get() < 0) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("eventfd for the notify fd: ", std::strerror(errno)));
+  }
+  if (int result = io_uring_register_eventfd(&ring_, notify_fd_.get()); result < 0) {
+    return absl::InternalError(absl::StrCat(
+        "io_uring_register_eventfd (the notify fd, Linux 5.2+): ", std::strerror(-result)));
+  }
+  SetNotify(false);
+  return absl::OkStatus();
+}
+
+void Ring::SetNotify(bool enabled) {
+  // IORING_CQ_EVENTFD_DISABLED (Linux 5.8) is a flag in the shared CQ ring.
+  io_uring_cq_eventfd_toggle(&ring_, enabled);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+
+void Ring::DrainNotify() {
+  uint64_t count;
+  [[maybe_unused]] ssize_t drained = read(notify_fd_.get(), &count, sizeof(count));
+}
+
+void Ring::SignalNotify() {
+  uint64_t one = 1;
+  // A failed write can only mean the counter is saturated, which is readable already.
+  [[maybe_unused]] ssize_t written = write(notify_fd_.get(), &one, sizeof(one));
+}
+
+bool Ring::HasPendingWork() {
+  const unsigned sq_flags = IO_URING_READ_ONCE(*ring_.sq.kflags);
+  return io_uring_cq_ready(&ring_) > 0 ||
+         (sq_flags & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) != 0;
 }
 
 Ring::~Ring() {

@@ -10,6 +10,11 @@
 // it wants it) + COOP_TASKRUN, falling back to plain rings on older kernels. When io_uring is
 // not available at all the error says why (sysctl, seccomp/container policy, old kernel,
 // memlock limit) and what to do. It must be called on the thread that will use the ring.
+//
+// With `notify_fd`, the ring also gets an eventfd registered with the kernel
+// (io_uring_register_eventfd, Linux 5.2) that it signals when it posts completions or — with
+// DEFER_TASKRUN or COOP_TASKRUN — queues task work for this thread; IORING_SETUP_TASKRUN_FLAG
+// makes the latter visible (HasPendingWork). It starts switched off (SetNotify).
 #ifndef NBDRING_RUNTIME_RING_H_
 #define NBDRING_RUNTIME_RING_H_
 
@@ -22,6 +27,7 @@
 
 #include "absl/status/statusor.h"
 #include "runtime/counter.h"
+#include "runtime/socket.h"
 
 namespace nbdring {
 
@@ -43,7 +49,7 @@ struct RingCounters {
 
 class Ring {
  public:
-  static absl::StatusOr<std::unique_ptr<Ring>> Create(unsigned entries);
+  static absl::StatusOr<std::unique_ptr<Ring>> Create(unsigned entries, bool notify_fd = false);
   ~Ring();
 
   // An SQE whose user_data is `completion`. Submits queued SQEs first when the submission
@@ -65,6 +71,16 @@ class Ring {
   unsigned Reap();
 
   unsigned pending_sqes() const { return queued_; }
+
+  // The notify eventfd (see the top of this file); -1 when the ring has none.
+  int notify_fd() const { return notify_fd_.get(); }
+  // Switches the kernel's signals of the notify fd on or off (IORING_CQ_EVENTFD_DISABLED);
+  // a full fence follows, so a check made after switching on sees what came before.
+  void SetNotify(bool enabled);
+  void DrainNotify();   // resets the notify fd's count
+  void SignalNotify();  // makes the notify fd readable
+  // Completions are waiting to be reaped, or the kernel holds task work for this thread.
+  bool HasPendingWork();
   const RingCounters& counters() const { return counters_; }
   // Describes the set-up the probe chose and the waits it uses, e.g.
   // "SINGLE_ISSUER|DEFER_TASKRUN|SUBMIT_ALL, completion batching in the kernel (min_wait)".
@@ -73,12 +89,14 @@ class Ring {
  private:
   Ring() = default;
   void AccountSubmission();
+  absl::Status SetUpNotifyFd();
   io_uring ring_{};
   bool initialised_ = false;
   bool min_wait_ = false;
   unsigned queued_ = 0;
   RingCounters counters_;
   std::string setup_description_;
+  FileDescriptor notify_fd_;
 };
 
 // Turns a negative errno from io_uring_queue_init into an explanation (exposed for tests).

@@ -26,6 +26,21 @@
 //    what the server did wrong, or with UnavailableError when its connection died or the
 //    client closed. Nothing is dropped silently.
 //
+// Caller-driven mode (ClientOptions::threads = 0), for event loops that allow no threads
+// they did not create (libnbd's nbd_aio_* + nbd_poll style):
+//  * Connect runs on the caller's thread (it blocks for the connect and handshake, bounded by
+//    connect_timeout) and that thread becomes the ring's owner: Poll, Close, fd() and the
+//    destructor must run on it. Submit/Cancel/the convenience calls may come from any thread.
+//  * Poll(timeout) sends what was submitted, waits up to `timeout` for replies (completion
+//    batching included) and runs their callbacks, on the calling thread, before returning.
+//  * fd() is an eventfd to put into the caller's epoll/poll: readable whenever a Poll has
+//    work (replies arrived, requests submitted, a cancel to carry out); then call Poll with a
+//    zero timeout. A caller that blocks inside Poll instead need not ask for it (asking turns
+//    on notifications that cost a syscall or two per Poll).
+//  * *Sync calls on the owner thread turn the ring themselves until their request is done;
+//    from other threads they wait for the owner's Poll to complete them.
+//  * Close on the owner thread turns the ring until everything completed (close_timeout).
+//
 // Buffers: a read's buffer receives data straight from the socket when the payload is large
 // (no copy); small payloads are copied from the connection's receive buffer. A write's buffer
 // is sent from where it lies. Buffers belong to the client from Submit until the callback.
@@ -65,8 +80,11 @@ struct ClientOptions {
   // Connections to open. More than one only if the server advertises CAN_MULTI_CONN; the
   // client then says so in Client::notes(). 0 means 1.
   int connections = 1;
-  // Ring threads; connections are spread over them round-robin. 0 means 1. They are named
+  // Ring threads; connections are spread over them round-robin. They are named
   // "nbdring-ring-N" (N from 0), as ps and top show them.
+  // 0: caller-driven — no thread is ever created. The thread that calls Connect owns the one
+  // ring (all connections) and turns it with Poll(); callbacks run inside Poll on that thread.
+  // See "Caller-driven mode" below. Not with `reconnect` or `ring_cpus`.
   int threads = 1;
   // CPUs to pin the ring threads to: ring N runs on ring_cpus[N % ring_cpus.size()]. Empty:
   // not pinned. A CPU this process may not use fails Connect with InvalidArgument.
@@ -170,6 +188,17 @@ class Client {
   // calls it is known to have returned (nbd-copy's Copier counts its calls for this).
   ~Client();
   absl::Status Close();
+
+  // Caller-driven mode only (threads = 0; see the top of this file). One turn of the ring:
+  // sends what was submitted, waits at most `timeout` for completions (zero: only what is
+  // there; InfiniteDuration: until something completes), runs the callbacks. Returns
+  // FailedPrecondition for a client with ring threads, on another thread than the one that
+  // connected, from a callback, or after Close.
+  absl::Status Poll(absl::Duration timeout);
+  // Caller-driven mode: a file descriptor that is readable when Poll has work; -1 for a
+  // client with ring threads or on another thread than the one that connected. The client
+  // owns it (do not close it); the caller only waits for it to be readable.
+  int fd();
 
   const ExportInfo& export_info() const { return info_; }
   uint64_t size() const { return info_.size; }
