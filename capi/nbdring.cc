@@ -195,9 +195,12 @@ int nbdring_options_set(nbdring_options* options, const char* key, const char* v
   auto number_in = [&](int64_t low, int64_t high) {
     return absl::SimpleAtoi(value, &number) && number >= low && number <= high;
   };
-  if (name == "connections" || name == "threads") {
+  if (name == "connections") {
     if (!number_in(1, 1024)) return bad_value("a number from 1 to 1024");
-    (name == "connections" ? o.connections : o.threads) = static_cast<int>(number);
+    o.connections = static_cast<int>(number);
+  } else if (name == "threads") {
+    if (!number_in(0, 256)) return bad_value("0 (caller-driven: nbdring_poll) or 1 to 256");
+    o.threads = static_cast<int>(number);
   } else if (name == "reconnect_attempts") {
     if (!number_in(0, 1000000)) return bad_value("a number from 0 (no limit) to 1000000");
     o.reconnect_attempts = static_cast<int>(number);
@@ -304,6 +307,26 @@ int nbdring_close(nbdring_client* client) {
   if (!closed.ok()) return FailWith(closed, "nbdring_close");
   delete client;
   return 0;
+}
+
+int nbdring_poll(nbdring_client* client, int timeout_ms) {
+  if (!CheckClient(client, "nbdring_poll")) return -1;
+  if (!CheckNotInCompletion("nbdring_poll")) return -1;
+  const absl::Duration timeout =
+      timeout_ms < 0 ? absl::InfiniteDuration() : absl::Milliseconds(timeout_ms);
+  absl::Status polled = client->client->Poll(timeout);
+  if (!polled.ok()) return FailWith(polled, "nbdring_poll");
+  return 0;
+}
+
+int nbdring_get_fd(nbdring_client* client) {
+  if (!CheckClient(client, "nbdring_get_fd")) return -1;
+  const int fd = client->client->fd();
+  if (fd < 0) {
+    return Fail(EINVAL, "nbdring_get_fd: only a caller-driven client (option threads=0) has "
+                        "an fd, on the thread that connected it");
+  }
+  return fd;
 }
 
 const char* nbdring_get_error(void) { return last_error.c_str(); }

@@ -3,6 +3,8 @@
  * A thin layer over the C++ client (nbdring/client.h), with the same contract:
  *   - nbdring_connect() negotiates with the server and starts the client's ring threads
  *     (option "threads", default 1); requests are batched, one io_uring_enter per loop turn.
+ *     With "threads" = "0" no thread is created: the caller drives the client with
+ *     nbdring_poll / nbdring_get_fd (see there).
  *   - Synchronous calls (nbdring_pread, ...) block the calling thread until the server
  *     answers. Asynchronous calls (nbdring_aio_*) return a cookie (> 0) at once and call the
  *     completion exactly once, on a ring thread, with 0 or an errno. A completion must not
@@ -36,7 +38,8 @@ typedef struct nbdring_options nbdring_options;
 #define NBDRING_CMD_FLAG_REQ_ONE 0x08u
 #define NBDRING_CMD_FLAG_FAST_ZERO 0x10u
 
-/* Options, set by name. Keys: "connections", "threads", "inflight_limit",
+/* Options, set by name. Keys: "connections", "threads" (0: caller-driven, see
+ * nbdring_poll), "inflight_limit",
  * "request_timeout_ms", "connect_timeout_ms", "close_timeout_ms", "reconnect" (true/false),
  * "reconnect_delay_ms", "reconnect_attempts" (per loss; 0: no limit),
  * "completion_batch_delay_us", "structured_replies" (true/false), "receive_buffer_bytes",
@@ -133,6 +136,17 @@ int64_t nbdring_aio_flush(nbdring_client *client, nbdring_completion completion,
 int nbdring_aio_cancel(nbdring_client *client, int64_t cookie);
 /* Requests submitted and not yet completed. */
 int64_t nbdring_aio_in_flight(nbdring_client *client);
+
+/* Caller-driven mode (option "threads" = "0"): no thread is ever created; the thread that
+ * called nbdring_connect owns the ring and must make these calls, and nbdring_close.
+ * nbdring_poll sends what was submitted, waits up to `timeout_ms` (-1: until something
+ * completes, 0: not at all) and runs the completions on the calling thread; 0 or -1.
+ * nbdring_get_fd gives a file descriptor to watch for reading in the caller's own
+ * poll/epoll: readable whenever nbdring_poll has work (then call nbdring_poll(client, 0)).
+ * The client owns it. -1 with EINVAL for a client with ring threads or on another thread.
+ * Synchronous calls on the owner thread drive the ring themselves. */
+int nbdring_poll(nbdring_client *client, int timeout_ms);
+int nbdring_get_fd(nbdring_client *client);
 
 #ifdef __cplusplus
 }

@@ -2,6 +2,8 @@
 // cancel, and the calls a completion callback must not make.
 #include "nbdring.h"
 
+#include <poll.h>
+
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
@@ -14,6 +16,7 @@
 #include <vector>
 
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "tests/testing/event.h"
@@ -61,6 +64,8 @@ TEST(CApiTest, OptionsTakeKnownKeysAndRefuseTheRest) {
   EXPECT_NE(LastError().find("inflight_limit"), std::string::npos) << LastError();
   EXPECT_EQ(nbdring_options_set(options, "reconnect", "maybe"), -1);
   EXPECT_EQ(nbdring_options_set(options, "threads", "two"), -1);
+  EXPECT_EQ(nbdring_options_set(options, "threads", "-1"), -1);
+  EXPECT_EQ(nbdring_options_set(options, "threads", "0"), 0);  // caller-driven
   EXPECT_EQ(nbdring_options_set(options, nullptr, "1"), -1);
   EXPECT_EQ(nbdring_get_errno(), EFAULT);
   EXPECT_EQ(nbdring_options_set(nullptr, "threads", "1"), -1);
@@ -291,6 +296,58 @@ TEST(CApiTest, CancelCompletesWithEcanceledAndStaleCookiesAreRefused) {
   EXPECT_EQ(completion.error, ECANCELED);
   EXPECT_EQ(nbdring_aio_cancel(client, cookie), -1);
   EXPECT_EQ(nbdring_get_errno(), ENOENT);
+  EXPECT_EQ(nbdring_close(client), 0);
+}
+
+void CountCompletion(void* user_data, int error) {
+  auto* counts = static_cast<std::pair<int, int>*>(user_data);
+  ++counts->first;
+  if (error != 0) ++counts->second;
+}
+
+// Caller-driven from C: option threads=0, the caller's own poll(2) on nbdring_get_fd and
+// nbdring_poll(client, 0); synchronous calls drive the ring themselves.
+TEST(CApiTest, CallerDrivenClientWithPollAndFd) {
+  auto server = StartServer({"memory", "16M"});
+  ASSERT_NE(server, nullptr);
+  nbdring_options* options = nbdring_options_create();
+  ASSERT_EQ(nbdring_options_set(options, "threads", "0"), 0);
+  nbdring_client* client = nbdring_connect(server->uri().c_str(), options);
+  nbdring_options_destroy(options);
+  ASSERT_NE(client, nullptr) << LastError();
+  std::vector<uint8_t> data(16 * 4096);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 13 + 1);
+  ASSERT_EQ(nbdring_pwrite(client, data.data(), data.size(), 0, 0), 0) << LastError();
+  const int fd = nbdring_get_fd(client);
+  ASSERT_GE(fd, 0) << LastError();
+  std::vector<uint8_t> back(data.size());
+  std::pair<int, int> counts{0, 0};
+  for (int i = 0; i < 16; ++i) {
+    ASSERT_GT(nbdring_aio_pread(client, back.data() + i * 4096, 4096, i * 4096,
+                                &CountCompletion, &counts, 0),
+              0)
+        << LastError();
+  }
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (counts.first < 16 && absl::Now() < deadline) {
+    pollfd watch{fd, POLLIN, 0};
+    if (poll(&watch, 1, 1000) == 1) {
+      ASSERT_EQ(nbdring_poll(client, 0), 0) << LastError();
+    }
+  }
+  EXPECT_EQ(counts.first, 16);
+  EXPECT_EQ(counts.second, 0);
+  EXPECT_EQ(back, data);
+  EXPECT_EQ(nbdring_aio_in_flight(client), 0);
+
+  // A threaded client has no fd; nbdring_poll on it fails with a message naming it.
+  nbdring_client* threaded = nbdring_connect(server->uri().c_str(), nullptr);
+  ASSERT_NE(threaded, nullptr) << LastError();
+  EXPECT_EQ(nbdring_get_fd(threaded), -1);
+  EXPECT_EQ(nbdring_get_errno(), EINVAL);
+  EXPECT_EQ(nbdring_poll(threaded, 0), -1);
+  EXPECT_NE(LastError().find("nbdring_poll"), std::string::npos) << LastError();
+  EXPECT_EQ(nbdring_close(threaded), 0);
   EXPECT_EQ(nbdring_close(client), 0);
 }
 
