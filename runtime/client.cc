@@ -462,6 +462,7 @@ absl::Status Client::Close() {
     return absl::FailedPreconditionError("Client::Close called from one of its own callbacks");
   }
   if (impl_->polled != nullptr && !impl_->polled->on_this_thread()) {
+    if (impl_->closed.load()) return absl::OkStatus();  // closed by its owner: idempotent
     return absl::FailedPreconditionError(
         "Client::Close of a caller-driven client (threads = 0) must run on the thread that "
         "connected it, which turns its ring");

@@ -51,6 +51,10 @@ ABSL_FLAG(std::string, cpus, "",
 ABSL_FLAG(absl::Duration, batch_delay, absl::Microseconds(50),
           "nbdring: how long a ring with many requests in flight may wait for more replies "
           "before waking (ClientOptions::completion_batch_delay); 0 wakes on every reply");
+ABSL_FLAG(bool, polled, false,
+          "nbdring: caller-driven mode (ClientOptions::threads = 0): one thread of the "
+          "benchmark's own turns the client with Client::Poll, the library starts none; "
+          "--threads is then ignored");
 ABSL_FLAG(bool, prefill, false,
           "write the region before a read workload so reads do not hit never-written areas "
           "(always done for the embedded server; destroys the data of an external export)");
@@ -67,7 +71,7 @@ constexpr const char* kFlagOrder[] = {
     "rw",      "rwmixread", "bs",     "iodepth", "connections", "threads",
     "runtime", "size",      "ramp",   "offset",  "range",       "verify",
     "engine",  "compare",   "rounds", "json",    "histogram",   "plot",        "cpus",
-    "prefill", "batch_delay",
+    "prefill", "batch_delay", "polled",
 };
 
 absl::CommandLineFlag* FindBenchFlag(absl::string_view name) {
@@ -249,6 +253,7 @@ absl::StatusOr<BenchOptions> ParseCommandLine(const std::vector<std::string>& ar
   options.histogram = absl::GetFlag(FLAGS_histogram);
   options.prefill = absl::GetFlag(FLAGS_prefill);
   options.batch_delay = absl::GetFlag(FLAGS_batch_delay);
+  options.polled = absl::GetFlag(FLAGS_polled);
   if (options.batch_delay < absl::ZeroDuration()) {
     return UsageError("--batch_delay must not be negative");
   }

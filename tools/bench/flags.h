@@ -45,6 +45,7 @@ struct BenchOptions {
   bool histogram = false;  // print each run's latency histogram (human output only)
   std::vector<int> cpus;
   absl::Duration batch_delay = absl::Microseconds(50);  // nbdring's completion batching
+  bool polled = false;  // nbdring in caller-driven mode (see RunSpec::polled)
   bool prefill = false;  // external servers; the embedded one is always prefilled for reads
   std::string plot_path;  // --plot: .svg or .png; empty: no plot
 

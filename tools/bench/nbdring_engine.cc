@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <future>
+#include <thread>
 #include <memory>
 #include <mutex>
 #include <utility>
@@ -45,6 +47,50 @@ absl::StatusOr<std::unique_ptr<nbdring::Client>> ConnectClient(
   }
   return client;
 }
+
+// Caller-driven mode (--polled): a thread of the benchmark's — not the library's — connects a
+// threads = 0 client, which makes it the ring's owner, and turns it with Poll until Stop().
+class PollingThread {
+ public:
+  ~PollingThread() { Stop(); }
+
+  absl::StatusOr<std::unique_ptr<nbdring::Client>> Start(nbdring::ClientOptions options) {
+    options.threads = 0;
+    std::promise<absl::StatusOr<nbdring::Client*>> connected;
+    std::future<absl::StatusOr<nbdring::Client*>> result = connected.get_future();
+    thread_ = std::thread([this, options, &connected] {
+      absl::StatusOr<std::unique_ptr<nbdring::Client>> client = ConnectClient(options);
+      if (!client.ok()) {
+        connected.set_value(client.status());
+        return;
+      }
+      nbdring::Client* polled = client->release();
+      connected.set_value(polled);
+      // Until Stop(): the 10 ms bound only matters once nothing is in flight.
+      while (!stop_.load(std::memory_order_acquire)) {
+        absl::Status status = polled->Poll(absl::Milliseconds(10));
+        if (!status.ok()) break;
+      }
+      polled->Close().IgnoreError();  // on the owner thread, as caller-driven mode needs
+    });
+    absl::StatusOr<nbdring::Client*> client = result.get();
+    if (!client.ok()) {
+      thread_.join();
+      return client.status();
+    }
+    return std::unique_ptr<nbdring::Client>(*client);
+  }
+
+  // Closes the client on its thread and joins; the client may be destroyed after this.
+  void Stop() {
+    stop_.store(true, std::memory_order_release);
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+};
 
 class NbdringBench;
 
@@ -106,9 +152,10 @@ class NbdringBench {
   std::condition_variable drained_;
   int outstanding_ = 0;  // slots not yet retired
 
-  // Last, so it is destroyed first: its destructor drains requests whose callbacks use the
-  // slots and the drain counter above.
+  // Last, so they are destroyed first: the client's destructor (or the polling thread's
+  // Close) drains requests whose callbacks use the slots and the drain counter above.
   std::unique_ptr<nbdring::Client> client_;
+  PollingThread polling_;
 };
 
 void NbdringBench::Issue(Slot& slot) {
@@ -179,7 +226,8 @@ absl::StatusOr<RunResult> NbdringBench::Execute() {
   options.threads = spec_.threads;
   options.inflight_limit = static_cast<uint32_t>(spec_.iodepth);
   options.completion_batch_delay = spec_.batch_delay;
-  absl::StatusOr<std::unique_ptr<nbdring::Client>> client = ConnectClient(options);
+  absl::StatusOr<std::unique_ptr<nbdring::Client>> client =
+      spec_.polled ? polling_.Start(options) : ConnectClient(options);
   if (!client.ok()) return client.status();
   client_ = *std::move(client);
 
@@ -233,6 +281,7 @@ absl::StatusOr<RunResult> NbdringBench::Execute() {
   RunResult result = run_.Result(connections, client_->threads());
   result.notes = client_->notes();
   absl::Status status = run_.status();
+  if (spec_.polled) polling_.Stop();  // closes the client on its owner thread
   absl::Status closed = client_->Close();
   if (!status.ok()) return status;
   if (!closed.ok()) {

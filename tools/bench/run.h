@@ -51,6 +51,9 @@ struct RunSpec {
   bool verify = false;       // writes carry the pattern; every read is checked against it
   std::vector<int> cpus;     // empty: no pinning
   absl::Duration batch_delay = absl::Microseconds(50);  // nbdring only
+  // nbdring only: caller-driven (ClientOptions::threads = 0), turned by Client::Poll on one
+  // thread of the benchmark's own instead of the library's ring threads.
+  bool polled = false;
   bool live_status = false;  // one-line progress on stdout, rewritten each second
 };
 
