@@ -27,7 +27,8 @@ constexpr uint64_t kMapWindow = uint64_t{1} << 30;
 constexpr uint64_t kMapLookahead = kMapWindow / 2;
 
 absl::Status ErrnoStatus(int error) {
-  return absl::ErrnoToStatus(error, std::strerror(error));
+  // Not absl::ErrnoToStatus: it appends strerror to the message, which would say it twice.
+  return absl::Status(absl::ErrnoToStatusCode(error), std::strerror(error));
 }
 
 absl::Status PreadFully(int fd, unsigned char* buffer, uint64_t length, uint64_t offset) {

@@ -29,7 +29,9 @@ bool IsNbdUri(const std::string& spec) {
 }
 
 absl::Status ErrnoError(absl::string_view what, int error) {
-  return absl::ErrnoToStatus(error, absl::StrCat(what, ": ", std::strerror(error)));
+  // Not absl::ErrnoToStatus: it appends strerror itself, which would say it twice.
+  return absl::Status(absl::ErrnoToStatusCode(error),
+                      absl::StrCat(what, ": ", std::strerror(error)));
 }
 
 }  // namespace
@@ -111,7 +113,18 @@ absl::StatusOr<std::unique_ptr<Endpoint>> Endpoint::Open(const std::string& spec
 
   const int flags = side == Side::kSource ? O_RDONLY : (O_WRONLY | O_CREAT);
   const int fd = open(spec.c_str(), flags | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoError(absl::StrCat("cannot open ", side_name, " ", spec), errno);
+  if (fd < 0) {
+    const int error = errno;
+    // "nbdx://host" or "nbd:/x" is most likely a mistyped URI, not a missing file.
+    const bool looks_like_uri = absl::StrContains(spec, ":/");
+    return ErrnoError(absl::StrCat("cannot open ", side_name, " ", spec,
+                                   looks_like_uri && error == ENOENT
+                                       ? " (not an NBD URI: those start with nbd://, nbds://, "
+                                         "nbd+unix://, nbds+unix://, nbd+vsock:// or "
+                                         "nbds+vsock://)"
+                                       : ""),
+                      error);
+  }
   endpoint->fd_ = fd;
   endpoint->owns_fd_ = true;
   struct stat status;
