@@ -210,6 +210,11 @@ int main(int argc, char** argv) {
                                 "--dirty-bitmap and --destination-is-zero contradict each other: "
                                 "an incremental copy's destination holds the previous copy"));
   }
+  if (incremental && positional[1] == "-") {
+    return Fail(kExitUsage, absl::InvalidArgumentError(
+                                "--dirty-bitmap cannot write to stdout (-): an incremental copy "
+                                "needs the previous copy at the destination"));
+  }
   if (nbd_options.retries < 0 || nbd_options.retries > 1000) {
     return Fail(kExitUsage, absl::InvalidArgumentError(absl::StrCat(
                                 "--retries must be between 0 and 1000, got ",
@@ -222,7 +227,7 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<nbdcopy::Endpoint>> destination =
       nbdcopy::Endpoint::Open(positional[1], nbdcopy::Side::kDestination, nbd_options);
   if (!destination.ok()) return Fail(kExitFailure, destination.status());
-  if (incremental && (*destination)->kind() == nbdcopy::EndpointKind::kStream) {
+  if (incremental && (*destination)->kind() == nbdcopy::EndpointKind::kStream) {  // a FIFO
     return Fail(kExitFailure,
                 absl::InvalidArgumentError(absl::StrCat(
                     "--dirty-bitmap: destination ", positional[1],
