@@ -174,6 +174,14 @@ TEST_F(DirtyBitmapCopyTest, ASmallerDestinationCannotHoldThePreviousCopy) {
   EXPECT_EQ(ReadFile(destination_).size(), kImageBytes / 2) << "the destination was resized";
 }
 
+TEST_F(DirtyBitmapCopyTest, AMissingDestinationIsNotCreated) {
+  const std::string missing = dir_->File("missing.raw");
+  const Outcome copy = Copy({"--dirty-bitmap=b0", source_->uri(), missing});
+  EXPECT_EQ(copy.exit_status, 1);
+  EXPECT_THAT(copy.err, HasSubstr(missing));
+  EXPECT_NE(access(missing.c_str(), F_OK), 0) << "an empty destination was left behind";
+}
+
 TEST_F(DirtyBitmapCopyTest, NbdInfoMapsTheBitmap) {
   const std::string out_path = dir_->File("map.out");
   const Outcome info = Shell(absl::StrCat(ToolPath("nbd-info"), " --map=qemu:dirty-bitmap:b0 ",

@@ -111,7 +111,9 @@ absl::StatusOr<std::unique_ptr<Endpoint>> Endpoint::Open(const std::string& spec
     return endpoint;
   }
 
-  const int flags = side == Side::kSource ? O_RDONLY : (O_WRONLY | O_CREAT);
+  const int flags = side == Side::kSource
+                        ? O_RDONLY
+                        : (O_WRONLY | (nbd_options.create_file ? O_CREAT : 0));
   const int fd = open(spec.c_str(), flags | O_CLOEXEC, 0644);
   if (fd < 0) {
     const int error = errno;

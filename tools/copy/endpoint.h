@@ -32,6 +32,7 @@ enum class EndpointKind {
 enum class Side { kSource, kDestination };
 const char* SideName(Side side);  // "source" / "destination"
 
+// How to open an endpoint; mostly about NBD connections, hence the name.
 struct NbdOptions {
   int connections = 4;
   int threads = 1;
@@ -44,6 +45,9 @@ struct NbdOptions {
   // Source only, for incremental copies: the dirty bitmap (qemu:dirty-bitmap:NAME) that
   // MapSource() follows. Opening fails when the server does not offer it.
   std::string dirty_bitmap;
+  // Destination files only: create a missing one. Off for incremental copies, whose
+  // destination must already hold the previous copy.
+  bool create_file = true;
 };
 
 class Endpoint {

@@ -204,6 +204,8 @@ int main(int argc, char** argv) {
   nbd_options.retries = absl::GetFlag(FLAGS_retries);
   nbd_options.dirty_bitmap = absl::GetFlag(FLAGS_dirty_bitmap);
   const bool incremental = !nbd_options.dirty_bitmap.empty();
+  // An empty new file is no previous copy, and leaving one behind after the failure is worse.
+  nbd_options.create_file = !incremental;
   if (incremental && absl::GetFlag(FLAGS_destination_is_zero)) {
     // The destination holds the previous copy, so it is not all zeroes.
     return Fail(kExitUsage, absl::InvalidArgumentError(
