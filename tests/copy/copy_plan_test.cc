@@ -15,7 +15,7 @@ namespace nbdcopy {
 
 // Lets gtest print a Range in a failure message.
 void PrintTo(const Range& range, std::ostream* out) {
-  *out << (range.zero ? "zero" : "data") << "[" << range.offset << ", "
+  *out << (range.unchanged ? "unchanged" : range.zero ? "zero" : "data") << "[" << range.offset << ", "
        << range.offset + range.length << ")";
 }
 
@@ -28,6 +28,9 @@ constexpr uint64_t kNoLimit = UINT64_MAX;
 
 Range Data(uint64_t start, uint64_t end) { return Range{start, end - start, false}; }
 Range Zero(uint64_t start, uint64_t end) { return Range{start, end - start, true}; }
+Range Unchanged(uint64_t start, uint64_t end) {
+  return Range{start, end - start, false, true};
+}
 
 // Every chunk the plan hands out until it has nothing ready.
 std::vector<Range> Drain(CopyPlan& plan) {
@@ -213,6 +216,35 @@ TEST(CopyPlanTest, EveryChunkOfARandomLookingMapIsAlignedAndTheyCoverTheSourceIn
   }
   EXPECT_EQ(expected_offset, size);
   EXPECT_GT(zero_chunks, 0) << "every zero run was copied as data";
+}
+
+TEST(CopyPlanTest, AnUnchangedRangeIsOneChunkWhateverTheLimits) {
+  CopyPlan plan(200, 1, 30, 50);
+  ASSERT_TRUE(plan.Describe({Data(0, 20), Unchanged(20, 180), Zero(180, 200)}).ok());
+  EXPECT_THAT(Drain(plan), ElementsAre(Data(0, 20), Unchanged(20, 180), Zero(180, 200)));
+}
+
+TEST(CopyPlanTest, UnchangedAndZeroRangesDoNotMerge) {
+  std::vector<Range> ranges;
+  AppendRange(&ranges, Unchanged(0, 10));
+  AppendRange(&ranges, Zero(10, 20));
+  AppendRange(&ranges, Unchanged(20, 30));
+  AppendRange(&ranges, Unchanged(30, 40));
+  EXPECT_THAT(ranges, ElementsAre(Unchanged(0, 10), Zero(10, 20), Unchanged(20, 40)));
+}
+
+TEST(CopyPlanTest, AnUnalignedUnchangedRangeShrinksAndItsEdgesAreCopied) {
+  // Copying an unchanged byte again is harmless; skipping a dirty one would not be.
+  CopyPlan plan(64, 16, 64, 64);
+  ASSERT_TRUE(plan.Describe({Data(0, 10), Unchanged(10, 50), Data(50, 64)}).ok());
+  EXPECT_THAT(Drain(plan), ElementsAre(Data(0, 16), Unchanged(16, 48), Data(48, 64)));
+}
+
+TEST(CopyPlanTest, AnUnchangedRangeStraddlingWindowsKeepsItsKind) {
+  CopyPlan plan(64, 16, 64, 64);
+  ASSERT_TRUE(plan.Describe({Data(0, 16), Unchanged(16, 40)}).ok());
+  ASSERT_TRUE(plan.Describe({Unchanged(40, 64)}).ok());
+  EXPECT_THAT(Drain(plan), ElementsAre(Data(0, 16), Unchanged(16, 64)));
 }
 
 }  // namespace

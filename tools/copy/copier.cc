@@ -27,7 +27,8 @@ constexpr uint64_t kMapWindow = uint64_t{1} << 30;
 constexpr uint64_t kMapLookahead = kMapWindow / 2;
 
 absl::Status ErrnoStatus(int error) {
-  return absl::ErrnoToStatus(error, std::strerror(error));
+  // Not absl::ErrnoToStatus: it appends strerror to the message, which would say it twice.
+  return absl::Status(absl::ErrnoToStatusCode(error), std::strerror(error));
 }
 
 absl::Status PreadFully(int fd, unsigned char* buffer, uint64_t length, uint64_t offset) {
@@ -101,8 +102,10 @@ Copier::Copier(Endpoint* source, Endpoint* destination, const CopyOptions& optio
   }
   options_.slots = std::max(options_.slots, 1);
 
-  if (destination_->kind() == EndpointKind::kNull || options_.destination_is_zero ||
-      (destination_->is_regular_file() && !options_.allocated)) {
+  if (destination_->kind() == EndpointKind::kNull ||
+      (!options_.incremental &&
+       (options_.destination_is_zero ||
+        (destination_->is_regular_file() && !options_.allocated)))) {
     zero_policy_ = ZeroPolicy::kSkip;  // a regular file is emptied first: skipped bytes are holes
   } else if (destination_->kind() == EndpointKind::kNbd &&
              destination_->client()->export_info().can_zero()) {
@@ -123,13 +126,16 @@ absl::Status Copier::Plan() {
   if (source_->kind() != EndpointKind::kStream) {
     total_bytes_ = source_->size();
     const std::optional<uint64_t> destination_size = destination_->size();
-    // A regular file grows to fit; an export or block device cannot.
-    if (destination_size.has_value() && !destination_->is_regular_file() &&
+    // A regular file grows to fit; an export or block device cannot, and a file that should
+    // hold the previous copy but is smaller does not.
+    if (destination_size.has_value() &&
+        (!destination_->is_regular_file() || options_.incremental) &&
         *destination_size < *total_bytes_) {
       return absl::FailedPreconditionError(absl::StrCat(
           "destination ", destination_->spec(), " is smaller than the source: ",
           *destination_size, " bytes, but the source ", source_->spec(), " has ", *total_bytes_,
-          " bytes; nothing was written"));
+          " bytes", options_.incremental ? " (it must hold the previous copy)" : "",
+          "; nothing was written"));
     }
   }
   absl::StatusOr<uint64_t> alignment = ChunkAlignment();
@@ -157,6 +163,8 @@ absl::Status Copier::Plan() {
       if (absl::Status status = plan_->Describe(first_window); !status.ok()) return status;
     }
   }
+  // The previous copy is what an incremental copy builds on: it must not be emptied.
+  if (options_.incremental) return absl::OkStatus();
   return destination_->PrepareDestination(total_bytes_);
 }
 
@@ -507,7 +515,7 @@ Copier::Taken Copier::TakeNextChunk(Slot* slot, absl::Status* read_status) {
       plan_wanted_.notify_one();
       return Taken::kWaitingForMap;
     }
-    if (chunk->zero && zero_policy_ == ZeroPolicy::kSkip) {
+    if (chunk->unchanged || (chunk->zero && zero_policy_ == ZeroPolicy::kSkip)) {
       bytes_done_.fetch_add(chunk->length, std::memory_order_relaxed);
       continue;
     }

@@ -10,7 +10,9 @@
 // zero are not read: the destination gets NBD_CMD_WRITE_ZEROES, a hole (a truncated regular
 // file), zero buffers, or nothing at all (--destination-is-zero, null:). Data read is checked
 // for whole blocks of zeroes (-S), which then go the same way as zero ranges: a slot writes
-// its chunk as several pieces. --allocated writes every zero (no holes, no -S).
+// its chunk as several pieces. --allocated writes every zero (no holes, no -S). An incremental
+// copy (--dirty-bitmap) passes over the chunks its source maps as unchanged, counting them as
+// done, and zeroes the destination's dirty zero ranges instead of making holes.
 //
 // The source is mapped lazily, one window (up to 1 GiB) at a time: Run() maps the first window
 // before any slot starts, and a planner thread maps the next ones while the copy runs, staying
@@ -62,6 +64,11 @@ struct CopyOptions {
   // zero ranges (skipped, or sent as NBD_CMD_WRITE_ZEROES); 0 turns the check off. Rounded up
   // to a multiple of the chunk alignment.
   uint64_t sparse_block_size = 4096;
+  // --dirty-bitmap: the destination already holds the previous copy of the source and only
+  // what changed since is written. It is not emptied, must be at least as large as the
+  // source, and the zero ranges the source reports are written (a skipped range would keep
+  // the old bytes); the source's unchanged ranges are skipped.
+  bool incremental = false;
 };
 
 // How far a running copy has got, for the progress line.

@@ -38,7 +38,7 @@ absl::Status CopyPlan::Describe(absl::Span<const Range> ranges) {
   for (Range& range : unaligned_tail_) {
     if (range.offset >= aligned_end) break;
     const uint64_t end = std::min(range.offset + range.length, aligned_end);
-    AppendAligned(Range{range.offset, end - range.offset, range.zero});
+    AppendAligned(Range{range.offset, end - range.offset, range.zero, range.unchanged});
     if (end < range.offset + range.length) {
       range.length -= end - range.offset;
       range.offset = end;
@@ -53,18 +53,20 @@ absl::Status CopyPlan::Describe(absl::Span<const Range> ranges) {
 
 void CopyPlan::AppendAligned(Range range) {
   const uint64_t end = range.offset + range.length;
-  if (range.zero) {
+  if (range.zero || range.unchanged) {
     // Shrink to the aligned blocks the range covers whole; the edges are read as data.
-    const uint64_t zero_start = (range.offset + alignment_ - 1) / alignment_ * alignment_;
-    const uint64_t zero_end = end - end % alignment_;
-    if (zero_start < zero_end) {
-      AppendAligned(Range{range.offset, zero_start - range.offset, false});
-      AppendRange(&ready_, Range{zero_start, zero_end - zero_start, true});
-      ready_bytes_ += zero_end - zero_start;
-      AppendAligned(Range{zero_end, end - zero_end, false});
+    const uint64_t inner_start = (range.offset + alignment_ - 1) / alignment_ * alignment_;
+    const uint64_t inner_end = end - end % alignment_;
+    if (inner_start < inner_end) {
+      AppendAligned(Range{range.offset, inner_start - range.offset, false});
+      AppendRange(&ready_, Range{inner_start, inner_end - inner_start, range.zero,
+                                 range.unchanged});
+      ready_bytes_ += inner_end - inner_start;
+      AppendAligned(Range{inner_end, end - inner_end, false});
       return;
     }
     range.zero = false;
+    range.unchanged = false;
   }
   AppendRange(&ready_, range);
   ready_bytes_ += range.length;
@@ -73,9 +75,11 @@ void CopyPlan::AppendAligned(Range range) {
 std::optional<Range> CopyPlan::Next() {
   if (ready_.empty()) return std::nullopt;
   const Range& front = ready_.front();
-  const uint64_t limit = front.zero ? zero_chunk_limit_ : data_chunk_limit_;
+  // Unchanged bytes are passed over, not sent: one chunk however long.
+  const uint64_t limit =
+      front.unchanged ? UINT64_MAX : (front.zero ? zero_chunk_limit_ : data_chunk_limit_);
   const uint64_t length = std::min(front.length - position_in_front_, limit);
-  const Range chunk{front.offset + position_in_front_, length, front.zero};
+  const Range chunk{front.offset + position_in_front_, length, front.zero, front.unchanged};
   position_in_front_ += length;
   ready_bytes_ -= length;
   if (position_in_front_ == front.length) {

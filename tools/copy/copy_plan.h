@@ -7,9 +7,9 @@
 // map than it was told and has not yet handed out.
 //
 // Every chunk's offset and length is a multiple of `alignment` (the larger of the source's and
-// the destination's NBD minimum block size). Zero ranges shrink inwards to aligned boundaries;
-// the unaligned bytes at their edges are copied as data, which reads them as the zeroes they
-// are. The described bytes past the last aligned boundary wait for the next Describe, so a
+// the destination's NBD minimum block size). Zero and unchanged ranges shrink inwards to
+// aligned boundaries; the unaligned bytes at their edges are copied as data, which reads them
+// as what they are. The described bytes past the last aligned boundary wait for the next Describe, so a
 // window that ends mid-block still yields only aligned chunks.
 //
 // Not thread-safe: the copier guards it with its plan mutex.
@@ -26,23 +26,28 @@
 
 namespace nbdcopy {
 
-// A run of bytes that either holds data or is known to read as zeroes.
+// A run of bytes that holds data, is known to read as zeroes, or (incremental copies) is
+// unchanged since the destination was copied and need not be visited at all.
 struct Range {
   uint64_t offset = 0;
   uint64_t length = 0;
   bool zero = false;
+  // Not dirty in the source's dirty bitmap: the destination already holds these bytes. Never
+  // together with `zero`.
+  bool unchanged = false;
 
   bool operator==(const Range&) const = default;
 };
 
 // Appends `range` to `ranges` (a vector or deque of Range), merging it into the last one when
-// the two touch and agree on `zero`. Empty ranges are dropped.
+// the two touch and agree on `zero` and `unchanged`. Empty ranges are dropped.
 template <typename Ranges>
 void AppendRange(Ranges* ranges, Range range) {
   if (range.length == 0) return;
   if (!ranges->empty()) {
     Range& last = ranges->back();
-    if (last.zero == range.zero && last.offset + last.length == range.offset) {
+    if (last.zero == range.zero && last.unchanged == range.unchanged &&
+        last.offset + last.length == range.offset) {
       last.length += range.length;
       return;
     }
@@ -71,7 +76,7 @@ class CopyPlan {
   uint64_t ready_bytes() const { return ready_bytes_; }
 
   // The next chunk in offset order: data up to `data_chunk_limit` bytes, zeroes up to
-  // `zero_chunk_limit`. Empty when every ready byte has been handed out (which means the copy
+  // `zero_chunk_limit`, an unchanged range whole. Empty when every ready byte has been handed out (which means the copy
   // is done when fully_described(), and that it waits for Describe otherwise).
   std::optional<Range> Next();
 

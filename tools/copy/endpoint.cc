@@ -13,6 +13,8 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "tools/copy/dirty_map.h"
 
 namespace nbdcopy {
 namespace {
@@ -27,7 +29,9 @@ bool IsNbdUri(const std::string& spec) {
 }
 
 absl::Status ErrnoError(absl::string_view what, int error) {
-  return absl::ErrnoToStatus(error, absl::StrCat(what, ": ", std::strerror(error)));
+  // Not absl::ErrnoToStatus: it appends strerror itself, which would say it twice.
+  return absl::Status(absl::ErrnoToStatusCode(error),
+                      absl::StrCat(what, ": ", std::strerror(error)));
 }
 
 }  // namespace
@@ -55,6 +59,13 @@ absl::StatusOr<std::unique_ptr<Endpoint>> Endpoint::Open(const std::string& spec
     return endpoint;
   }
 
+  const bool incremental_source = side == Side::kSource && !nbd_options.dirty_bitmap.empty();
+  if (incremental_source && !IsNbdUri(spec)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--dirty-bitmap=", nbd_options.dirty_bitmap, " needs an NBD source that exports the "
+        "bitmap (qemu-nbd -B ", nbd_options.dirty_bitmap, "); source ", spec, " is not a URI"));
+  }
+
   if (IsNbdUri(spec)) {
     nbdring::ClientOptions options;
     options.uri = spec;
@@ -72,6 +83,10 @@ absl::StatusOr<std::unique_ptr<Endpoint>> Endpoint::Open(const std::string& spec
     if (side == Side::kSource && nbd_options.want_extents) {
       options.meta_contexts = {kBaseAllocation};
     }
+    if (incremental_source) {
+      endpoint->dirty_bitmap_context_ = DirtyBitmapContext(nbd_options.dirty_bitmap);
+      options.meta_contexts.push_back(endpoint->dirty_bitmap_context_);
+    }
     absl::StatusOr<std::unique_ptr<nbdring::Client>> client = nbdring::Client::Connect(options);
     if (!client.ok()) {
       return absl::Status(client.status().code(),
@@ -80,6 +95,15 @@ absl::StatusOr<std::unique_ptr<Endpoint>> Endpoint::Open(const std::string& spec
     endpoint->kind_ = EndpointKind::kNbd;
     endpoint->client_ = std::move(*client);
     endpoint->size_ = endpoint->client_->size();
+    if (incremental_source && endpoint->client_->export_info().FindMetaContext(
+                                  endpoint->dirty_bitmap_context_) == nullptr) {
+      // Copying everything or nothing instead would look like success; neither is what was
+      // asked for.
+      return absl::NotFoundError(absl::StrCat(
+          "source ", spec, " does not offer dirty bitmap \"", nbd_options.dirty_bitmap,
+          "\" (meta context ", endpoint->dirty_bitmap_context_,
+          "; export it with qemu-nbd -B NAME); nothing was copied"));
+    }
     if (side == Side::kDestination && endpoint->client_->export_info().read_only()) {
       return absl::FailedPreconditionError(
           absl::StrCat("destination ", spec, " is read-only: the server does not accept writes"));
@@ -87,9 +111,22 @@ absl::StatusOr<std::unique_ptr<Endpoint>> Endpoint::Open(const std::string& spec
     return endpoint;
   }
 
-  const int flags = side == Side::kSource ? O_RDONLY : (O_WRONLY | O_CREAT);
+  const int flags = side == Side::kSource
+                        ? O_RDONLY
+                        : (O_WRONLY | (nbd_options.create_file ? O_CREAT : 0));
   const int fd = open(spec.c_str(), flags | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoError(absl::StrCat("cannot open ", side_name, " ", spec), errno);
+  if (fd < 0) {
+    const int error = errno;
+    // "nbdx://host" or "nbd:/x" is most likely a mistyped URI, not a missing file.
+    const bool looks_like_uri = absl::StrContains(spec, ":/");
+    return ErrnoError(absl::StrCat("cannot open ", side_name, " ", spec,
+                                   looks_like_uri && error == ENOENT
+                                       ? " (not an NBD URI: those start with nbd://, nbds://, "
+                                         "nbd+unix://, nbds+unix://, nbd+vsock:// or "
+                                         "nbds+vsock://)"
+                                       : ""),
+                      error);
+  }
   endpoint->fd_ = fd;
   endpoint->owns_fd_ = true;
   struct stat status;
@@ -128,6 +165,7 @@ uint64_t Endpoint::minimum_request() const {
 
 absl::StatusOr<std::vector<Range>> Endpoint::MapSource(uint64_t offset, uint64_t length,
                                                        bool use_extents) const {
+  if (!dirty_bitmap_context_.empty()) return MapDirtySource(offset, length, use_extents);
   if (use_extents && kind_ == EndpointKind::kNbd &&
       client_->export_info().FindMetaContext(kBaseAllocation) != nullptr) {
     return MapNbdSource(offset, length);
@@ -166,6 +204,42 @@ absl::StatusOr<std::vector<Range>> Endpoint::MapNbdSource(uint64_t offset,
     return absl::FailedPreconditionError(absl::StrCat("source ", spec_,
                                                       ": block status at offset ", offset,
                                                       " described no bytes of base:allocation"));
+  }
+  return ranges;
+}
+
+absl::StatusOr<std::vector<Range>> Endpoint::MapDirtySource(uint64_t offset, uint64_t length,
+                                                            bool use_extents) const {
+  const nbd::ExportInfo& info = client_->export_info();
+  const uint32_t bitmap_id = info.FindMetaContext(dirty_bitmap_context_)->id;
+  const nbd::MetaContext* allocation =
+      use_extents ? info.FindMetaContext(kBaseAllocation) : nullptr;
+  std::vector<std::pair<uint32_t, std::vector<nbdring::Extent>>> replies;
+  absl::Status status = client_->BlockStatusSync(length, offset, &replies);
+  if (!status.ok()) {
+    return absl::Status(status.code(),
+                        absl::StrCat("source ", spec_, ": block status at offset ", offset,
+                                     " (length ", length, ") failed: ", status.message()));
+  }
+  std::vector<nbdring::Extent> bitmap_extents;
+  std::vector<nbdring::Extent> allocation_extents;
+  for (const auto& [id, extents] : replies) {
+    std::vector<nbdring::Extent>* into = nullptr;
+    if (id == bitmap_id) into = &bitmap_extents;
+    if (allocation != nullptr && id == allocation->id) into = &allocation_extents;
+    if (into != nullptr) into->insert(into->end(), extents.begin(), extents.end());
+  }
+  std::vector<Range> ranges = CombineDirtyExtents(
+      offset, *size_, bitmap_extents,
+      allocation != nullptr
+          ? std::optional<absl::Span<const nbdring::Extent>>(allocation_extents)
+          : std::nullopt);
+  if (ranges.empty()) {
+    std::vector<std::string> contexts = {dirty_bitmap_context_};
+    if (allocation != nullptr) contexts.push_back(kBaseAllocation);
+    return absl::FailedPreconditionError(
+        absl::StrCat("source ", spec_, ": block status at offset ", offset,
+                     " described no bytes of ", absl::StrJoin(contexts, " and ")));
   }
   return ranges;
 }

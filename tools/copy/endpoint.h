@@ -32,6 +32,7 @@ enum class EndpointKind {
 enum class Side { kSource, kDestination };
 const char* SideName(Side side);  // "source" / "destination"
 
+// How to open an endpoint; mostly about NBD connections, hence the name.
 struct NbdOptions {
   int connections = 4;
   int threads = 1;
@@ -41,6 +42,12 @@ struct NbdOptions {
   // Reconnect attempts per lost connection (the requests in flight are sent again once
   // back); 0: a lost connection fails the copy.
   int retries = 0;
+  // Source only, for incremental copies: the dirty bitmap (qemu:dirty-bitmap:NAME) that
+  // MapSource() follows. Opening fails when the server does not offer it.
+  std::string dirty_bitmap;
+  // Destination files only: create a missing one. Off for incremental copies, whose
+  // destination must already hold the previous copy.
+  bool create_file = true;
 };
 
 class Endpoint {
@@ -69,7 +76,8 @@ class Endpoint {
   // describing at least one byte and at most up to the end of the source. They usually end at
   // `offset + length`, but a server may describe less than asked (the caller asks again from
   // where they end) or more. Without extent information (or with `use_extents` false) the
-  // rest of the source is one data range.
+  // rest of the source is one data range. With a dirty bitmap (NbdOptions::dirty_bitmap) the
+  // bytes it does not mark dirty are unchanged ranges, whatever `use_extents` says.
   absl::StatusOr<std::vector<Range>> MapSource(uint64_t offset, uint64_t length,
                                                bool use_extents) const;
 
@@ -85,10 +93,14 @@ class Endpoint {
   Endpoint() = default;
   absl::StatusOr<std::vector<Range>> MapNbdSource(uint64_t offset, uint64_t length) const;
   absl::StatusOr<std::vector<Range>> MapFileSource(uint64_t offset, uint64_t length) const;
+  absl::StatusOr<std::vector<Range>> MapDirtySource(uint64_t offset, uint64_t length,
+                                                    bool use_extents) const;
 
   EndpointKind kind_ = EndpointKind::kNull;
   Side side_ = Side::kSource;
   std::string spec_;
+  // qemu:dirty-bitmap:NAME for an incremental source; empty for full copies.
+  std::string dirty_bitmap_context_;
   std::optional<uint64_t> size_;
   std::unique_ptr<nbdring::Client> client_;
   int fd_ = -1;

@@ -7,7 +7,8 @@
 //
 //   The flags are nbdcopy's (libnbd 1.14), with its spellings: tools/copy/arguments.h maps
 //   -C/-R/-S/-T/-p/-v/-V, --progress=FD and --target-is-zero onto the flags below.
-//   --timeout is ours; --threads is ring threads, not copying threads (see its help).
+//   --timeout, --retries, --stats and --dirty-bitmap (incremental copies) are ours; --threads
+//   is ring threads, not copying threads (see its help).
 //
 // Exit status: 0 when every byte reached the destination; 1 with a one-line "nbd-copy: ..."
 // message naming the side, offset and error when the copy failed; 2 for a command line that
@@ -80,6 +81,11 @@ ABSL_FLAG(int, retries, 0,
 ABSL_FLAG(bool, stats, false,
           "At exit, print each NBD endpoint's requests, errors, reconnects, bytes and latency "
           "percentiles on stderr");
+ABSL_FLAG(std::string, dirty_bitmap, "",
+          "Incremental copy: DESTINATION already holds the previous copy, and only the extents "
+          "the source's dirty bitmap NAME (qemu:dirty-bitmap:NAME, e.g. qemu-nbd -B NAME) "
+          "marks dirty are copied, as data or as zeroes; the source must be an NBD URI that "
+          "offers the bitmap. nbdcopy has no such flag");
 ABSL_FLAG(double, timeout, 0,
           "Seconds a request may wait for the server before the copy fails; 0 means no limit");
 
@@ -143,6 +149,8 @@ int main(int argc, char** argv) {
        "  SOURCE/DESTINATION: an NBD URI, a file, \"-\" for stdin/stdout, or null: (destination)\n"
        "  flags may be spelled with dashes (--request-size); short forms: -C N, -R N, -S N,\n"
        "  -T N, -p, -v, -V; --target-is-zero is --destination-is-zero.\n"
+       "  --dirty-bitmap=NAME: copy only what the source's dirty bitmap NAME marks, onto the\n"
+       "  previous copy.\n"
        "  Not supported: nbdcopy's [ CMD ARGS ... ] subprocess servers.\n"
        "  Exit status: 0 copied, 1 the copy failed (one line says why), 2 bad command line",
        "tools/copy/"});
@@ -194,6 +202,21 @@ int main(int argc, char** argv) {
   nbd_options.want_extents = !absl::GetFlag(FLAGS_no_extents);
   nbd_options.request_timeout = absl::Seconds(timeout);
   nbd_options.retries = absl::GetFlag(FLAGS_retries);
+  nbd_options.dirty_bitmap = absl::GetFlag(FLAGS_dirty_bitmap);
+  const bool incremental = !nbd_options.dirty_bitmap.empty();
+  // An empty new file is no previous copy, and leaving one behind after the failure is worse.
+  nbd_options.create_file = !incremental;
+  if (incremental && absl::GetFlag(FLAGS_destination_is_zero)) {
+    // The destination holds the previous copy, so it is not all zeroes.
+    return Fail(kExitUsage, absl::InvalidArgumentError(
+                                "--dirty-bitmap and --destination-is-zero contradict each other: "
+                                "an incremental copy's destination holds the previous copy"));
+  }
+  if (incremental && positional[1] == "-") {
+    return Fail(kExitUsage, absl::InvalidArgumentError(
+                                "--dirty-bitmap cannot write to stdout (-): an incremental copy "
+                                "needs the previous copy at the destination"));
+  }
   if (nbd_options.retries < 0 || nbd_options.retries > 1000) {
     return Fail(kExitUsage, absl::InvalidArgumentError(absl::StrCat(
                                 "--retries must be between 0 and 1000, got ",
@@ -206,6 +229,13 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<nbdcopy::Endpoint>> destination =
       nbdcopy::Endpoint::Open(positional[1], nbdcopy::Side::kDestination, nbd_options);
   if (!destination.ok()) return Fail(kExitFailure, destination.status());
+  if (incremental && (*destination)->kind() == nbdcopy::EndpointKind::kStream) {  // a FIFO
+    return Fail(kExitFailure,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "--dirty-bitmap: destination ", positional[1],
+                    " is a stream; an incremental copy needs the previous copy there (an NBD "
+                    "URI, a file or a block device)")));
+  }
 
   // One buffer per request the connections can have in flight.
   int used_connections = 1;
@@ -222,6 +252,7 @@ int main(int argc, char** argv) {
   copy_options.flush = absl::GetFlag(FLAGS_flush);
   copy_options.allocated = absl::GetFlag(FLAGS_allocated);
   copy_options.sparse_block_size = *sparse_size;
+  copy_options.incremental = incremental;
   if (absl::GetFlag(FLAGS_verbose)) {
     for (const nbdcopy::Endpoint* endpoint : {source->get(), destination->get()}) {
       std::fprintf(stderr, "nbd-copy: %s %s: %s bytes, %d connection(s)\n",
@@ -234,12 +265,15 @@ int main(int argc, char** argv) {
     }
     std::fprintf(stderr,
                  "nbd-copy: %d request(s) of %llu bytes in flight, %d ring thread(s) per "
-                 "export, sparse blocks %llu bytes%s%s%s\n",
+                 "export, sparse blocks %llu bytes%s%s%s%s\n",
                  copy_options.slots, static_cast<unsigned long long>(*request_size), threads,
                  static_cast<unsigned long long>(*sparse_size),
                  copy_options.allocated ? ", allocated" : "",
                  copy_options.destination_is_zero ? ", destination is zero" : "",
-                 copy_options.flush ? ", flush at the end" : "");
+                 copy_options.flush ? ", flush at the end" : "",
+                 incremental ? absl::StrCat(", only what dirty bitmap ", nbd_options.dirty_bitmap,
+                                            " marks").c_str()
+                             : "");
   }
 
   const bool show_progress = absl::GetFlag(FLAGS_progress);
