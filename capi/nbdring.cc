@@ -253,6 +253,8 @@ int nbdring_options_set(nbdring_options* options, const char* key, const char* v
   } else if (name == "tls_verify_peer") {
     if (!ParseBool(value, &flag)) return bad_value("true or false");
     o.tls_verify_peer = flag;
+  } else if (name == "export_name") {
+    o.address.export_name = value;  // for nbdring_connect_socket/_command (a URI names its own)
   } else if (name == "meta_context") {
     if (*value == '\0') return bad_value("a context name such as base:allocation");
     o.meta_contexts.push_back(value);
@@ -298,6 +300,38 @@ nbdring_client* nbdring_connect(const char* uri, const nbdring_options* options)
   auto* handle = new nbdring_client();
   handle->client = *std::move(client);
   return handle;
+}
+
+namespace {
+
+nbdring_client* Wrap(absl::StatusOr<std::unique_ptr<nbdring::Client>> client, const char* call) {
+  if (!client.ok()) {
+    FailWith(client.status(), call);
+    return nullptr;
+  }
+  auto* handle = new nbdring_client();
+  handle->client = *std::move(client);
+  return handle;
+}
+
+}  // namespace
+
+nbdring_client* nbdring_connect_socket(int fd, const nbdring_options* options) {
+  return Wrap(nbdring::Client::ConnectSocket(
+                  fd, options != nullptr ? options->options : nbdring::ClientOptions()),
+              "nbdring_connect_socket");
+}
+
+nbdring_client* nbdring_connect_command(char** argv, const nbdring_options* options) {
+  if (argv == nullptr || argv[0] == nullptr) {
+    Fail(EFAULT, "nbdring_connect_command: argv is NULL or empty");
+    return nullptr;
+  }
+  std::vector<std::string> command;
+  for (char** arg = argv; *arg != nullptr; ++arg) command.emplace_back(*arg);
+  return Wrap(nbdring::Client::ConnectCommand(
+                  command, options != nullptr ? options->options : nbdring::ClientOptions()),
+              "nbdring_connect_command");
 }
 
 int nbdring_close(nbdring_client* client) {

@@ -111,6 +111,7 @@ int StatusToErrno(const absl::Status& status) {
     case absl::StatusCode::kUnavailable: return ESHUTDOWN;
     case absl::StatusCode::kDeadlineExceeded: return ETIMEDOUT;
     case absl::StatusCode::kCancelled: return ECANCELED;
+    case absl::StatusCode::kNotFound: return ENOENT;  // e.g. a server command not in PATH
     default: return EIO;
   }
 }

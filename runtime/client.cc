@@ -10,6 +10,7 @@
 
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "nbd/handshake.h"
 #include "nbd/request.h"
 #include "nbdring/client.h"
@@ -18,6 +19,7 @@
 #include "runtime/logger.h"
 #include "runtime/operation_state.h"
 #include "runtime/ring_thread.h"
+#include "runtime/server_command.h"
 #include "runtime/socket.h"
 #include "runtime/tls_context.h"
 #include "runtime/tls_session.h"
@@ -42,6 +44,11 @@ class Client::Impl {
   std::atomic<uint32_t> submits_in_progress{0};
   int connection_count = 0;
   std::shared_ptr<const Logger> logger;
+  // ConnectSocket/ConnectCommand: the socket to negotiate over instead of connecting, what to
+  // call it in messages, and the server process ConnectCommand started (reaped by Close).
+  FileDescriptor given_socket;
+  std::string given_description;
+  pid_t child = -1;
 
   // Who calls a *Sync method: from a callback it must refuse; on the polling thread of a
   // caller-driven client it turns the loop itself until its request is done.
@@ -54,6 +61,16 @@ class Client::Impl {
     caller.in_callback = CurrentRing() != nullptr;
     if (polled != nullptr && polled->on_this_thread()) caller.drive = polled.get();
     return caller;
+  }
+
+  ~Impl() { ReapChild(); }
+  // The server ConnectCommand started sees EOF once the connections are closed and should
+  // exit; one that does not within a second is killed. Always waited for: no zombie.
+  void ReapChild() {
+    if (child <= 0) return;
+    given_socket = FileDescriptor();  // if the handshake never took it
+    EndServerCommand(child, absl::Seconds(1));
+    child = -1;
   }
 
   // The loop whose callback is calling (inside a turn on its thread), or nullptr.
@@ -161,9 +178,12 @@ struct Negotiated {
 absl::StatusOr<Negotiated> OpenAndNegotiate(const ClientOptions& options,
                                             const nbd::NbdUri& address,
                                             nbd::HandshakeOptions::Goal goal,
-                                            const TlsPlan& tls, int abort_fd = -1) {
+                                            const TlsPlan& tls, int abort_fd = -1,
+                                            FileDescriptor* given_socket = nullptr) {
   absl::Time deadline = absl::Now() + options.connect_timeout;
-  auto fd = ConnectTo(address, deadline, abort_fd);
+  absl::StatusOr<FileDescriptor> fd =
+      given_socket != nullptr ? absl::StatusOr<FileDescriptor>(std::move(*given_socket))
+                              : ConnectTo(address, deadline, abort_fd);
   if (!fd.ok()) return fd.status();
   nbd::Handshake handshake(MakeHandshakeOptions(options, address, goal, tls));
   std::unique_ptr<TlsSession> session;
@@ -250,6 +270,40 @@ int64_t RingNanoseconds(absl::Duration duration, bool zero_is_none, int64_t none
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
+  return ConnectWith(options, std::make_unique<Impl>());
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::ConnectSocket(int fd,
+                                                              const ClientOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->given_socket = FileDescriptor(fd);  // ours from here, even on failure
+  if (fd < 0) return absl::InvalidArgumentError(absl::StrCat("ConnectSocket: bad fd ", fd));
+  // The handshake waits with poll(); the ring takes the socket over afterwards.
+  if (absl::Status nonblocking = SetNonBlocking(fd); !nonblocking.ok()) return nonblocking;
+  impl->given_description = absl::StrCat("socket fd ", fd);
+  return ConnectWith(options, std::move(impl));
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::ConnectCommand(
+    const std::vector<std::string>& argv, const ClientOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  auto started = StartServerCommand(argv);
+  if (!started.ok()) return started.status();
+  impl->given_socket = std::move(started->socket);
+  impl->child = started->pid;
+  impl->given_description = absl::StrCat("command '", absl::StrJoin(argv, " "), "'");
+  auto client = ConnectWith(options, std::move(impl));
+  return client;  // on failure Impl's destructor closed the socket and reaped the server
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::ConnectWith(const ClientOptions& options,
+                                                            std::unique_ptr<Impl> given) {
+  const bool over_given_socket = given->given_socket.get() >= 0;
+  if (over_given_socket && options.reconnect) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "reconnect needs an address to connect to again; ", given->given_description,
+        " cannot be re-established"));
+  }
   auto address = ResolveAddress(options);
   if (!address.ok()) return address.status();
   if (options.inflight_limit == 0 || options.inflight_limit > 65536) {
@@ -297,20 +351,25 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   }
 
   std::unique_ptr<Client> client(new Client());
-  client->impl_ = std::make_unique<Impl>();
+  client->impl_ = std::move(given);
   Impl& impl = *client->impl_;
   impl.options = options;
-  impl.address_text = address->ToString();
+  impl.address_text = over_given_socket ? impl.given_description : address->ToString();
 
   auto tls = PlanTls(options, *address);
   if (!tls.ok()) return tls.status();
   std::shared_ptr<const Logger> logger = Logger::Create(options.log, options.log_level);
-  logger->Log(LogLevel::kInfo, absl::StrCat("connecting to ", address->ToString(), " (",
+  logger->Log(LogLevel::kInfo, absl::StrCat("connecting to ", impl.address_text, " (",
                                             wanted_connections, " connection(s))"));
   std::vector<Reconnected> sockets;
-  auto first =
-      OpenAndNegotiate(options, *address, nbd::HandshakeOptions::Goal::kTransmission, *tls);
-  if (!first.ok()) return first.status();
+  auto first = OpenAndNegotiate(options, *address, nbd::HandshakeOptions::Goal::kTransmission,
+                                *tls, /*abort_fd=*/-1,
+                                over_given_socket ? &impl.given_socket : nullptr);
+  if (!first.ok()) {
+    if (!over_given_socket) return first.status();
+    return absl::Status(first.status().code(),
+                        absl::StrCat(impl.given_description, ": ", first.status().message()));
+  }
   client->info_ = first->info;
   if (first->tls != nullptr) {
     client->notes_.push_back(absl::StrCat(tls->context->description(), ": ",
@@ -334,6 +393,12 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
         info.meta_contexts.size(), " meta context(s), ", info.tls ? "TLS" : "no TLS"));
   }
   int connections = wanted_connections;
+  if (connections > 1 && over_given_socket) {
+    client->notes_.push_back(absl::StrCat("one connection over ", impl.given_description,
+                                          " instead of ", connections,
+                                          ": there is no address to open more"));
+    connections = 1;
+  }
   if (connections > 1 && !info.can_multi_conn()) {
     client->notes_.push_back(absl::StrCat(
         "server does not advertise NBD_FLAG_CAN_MULTI_CONN: using 1 connection instead of ",
@@ -478,6 +543,7 @@ absl::Status Client::Close() {
     while (impl_->polled->Turn(-1)) {
     }
   }
+  impl_->ReapChild();
   return absl::OkStatus();
 }
 

@@ -108,6 +108,14 @@ absl::Status MakeBlocking(int fd) {
 
 }  // namespace
 
+absl::Status SetNonBlocking(int fd) {
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+    return ErrnoError(absl::StrCat("making socket fd ", fd, " non-blocking"), errno);
+  }
+  return absl::OkStatus();
+}
+
 FileDescriptor& FileDescriptor::operator=(FileDescriptor&& other) noexcept {
   if (this != &other) {
     if (fd_ >= 0) close(fd_);

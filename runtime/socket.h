@@ -45,6 +45,9 @@ class FileDescriptor {
 };
 
 // Connects to `address` (TCP with TCP_NODELAY, Unix, or vsock). Errors name the address.
+// Sets O_NONBLOCK on `fd` (sockets handed to ConnectSocket, whose handshake waits with poll).
+absl::Status SetNonBlocking(int fd);
+
 absl::StatusOr<FileDescriptor> ConnectTo(const nbd::NbdUri& address, absl::Time deadline,
                                          int abort_fd = -1);
 

@@ -47,7 +47,8 @@ typedef struct nbdring_options nbdring_options;
  * threads "nbdring-ring-N" to, e.g. "0,2"); TLS: "tls" (disable/allow/require; default:
  * require for nbds URIs, disable for nbd), "tls_certificates" (directory with ca-cert.pem
  * [client-cert.pem client-key.pem]), "tls_psk_file" (psktool format), "tls_username",
- * "tls_hostname", "tls_verify_peer" (true/false; default true).
+ * "tls_hostname", "tls_verify_peer" (true/false; default true); "export_name" (for
+ * nbdring_connect_socket / nbdring_connect_command; a URI names its own export).
  * nbdring_options_set returns 0, or -1 for an unknown key or a bad value. A TLS handshake
  * that fails (certificate not trusted, wrong host, wrong key) fails nbdring_connect with
  * errno EACCES. */
@@ -71,6 +72,14 @@ int nbdring_options_set_log(nbdring_options *options, nbdring_log_callback log,
 /* Connects to an NBD URI (nbd://, nbd+unix://, nbd+vsock://, and the nbds forms with TLS,
  * taking libnbd's tls-* query keys); options may be NULL. */
 nbdring_client *nbdring_connect(const char *uri, const nbdring_options *options);
+/* Negotiates over `fd`, a stream socket already connected to the server; the client owns it
+ * from this call on, even when it fails. One connection; option "reconnect" is refused. */
+nbdring_client *nbdring_connect_socket(int fd, const nbdring_options *options);
+/* Runs `argv` (NULL-terminated; argv[0] looked up in PATH) with its stdin and stdout on a
+ * socketpair and negotiates over the other end, e.g. {"nbdkit", "-s", "memory", "1G", NULL}
+ * as libnbd's nbd_connect_command. nbdring_close ends the server (EOF, then SIGKILL after a
+ * second) and reaps it. A command that cannot run fails with ENOENT. */
+nbdring_client *nbdring_connect_command(char **argv, const nbdring_options *options);
 /* Lets submitted requests finish (bounded by "close_timeout_ms"), disconnects, stops the
  * ring threads and frees the client. Requests still unanswered complete with an error. */
 int nbdring_close(nbdring_client *client);

@@ -3,6 +3,8 @@
 #include "nbdring.h"
 
 #include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include <cerrno>
 #include <cstdint>
@@ -349,6 +351,44 @@ TEST(CApiTest, CallerDrivenClientWithPollAndFd) {
   EXPECT_NE(LastError().find("nbdring_poll"), std::string::npos) << LastError();
   EXPECT_EQ(nbdring_close(threaded), 0);
   EXPECT_EQ(nbdring_close(client), 0);
+}
+
+// libnbd's nbd_connect_command and nbd_connect_socket, from C.
+TEST(CApiTest, ConnectCommandAndConnectSocket) {
+  nbdring_options* options = nbdring_options_create();
+  ASSERT_EQ(nbdring_options_set(options, "export_name", "ignored-by-memory"), 0);
+  char* argv[] = {const_cast<char*>("nbdkit"), const_cast<char*>("-s"),
+                  const_cast<char*>("memory"), const_cast<char*>("16M"), nullptr};
+  nbdring_client* client = nbdring_connect_command(argv, options);
+  ASSERT_NE(client, nullptr) << LastError();
+  EXPECT_EQ(nbdring_get_size(client), static_cast<int64_t>(kSize));
+  std::vector<uint8_t> data(4096, 0x5a), back(4096);
+  ASSERT_EQ(nbdring_pwrite(client, data.data(), data.size(), 0, 0), 0) << LastError();
+  ASSERT_EQ(nbdring_pread(client, back.data(), back.size(), 0, 0), 0) << LastError();
+  EXPECT_EQ(back, data);
+  EXPECT_EQ(nbdring_close(client), 0);
+
+  char* missing[] = {const_cast<char*>("no-such-nbd-server-xyz"), nullptr};
+  EXPECT_EQ(nbdring_connect_command(missing, options), nullptr);
+  EXPECT_EQ(nbdring_get_errno(), ENOENT);
+  EXPECT_NE(LastError().find("no-such-nbd-server-xyz"), std::string::npos) << LastError();
+  EXPECT_EQ(nbdring_connect_command(nullptr, options), nullptr);
+  EXPECT_EQ(nbdring_get_errno(), EFAULT);
+
+  auto server = StartServer({"memory", "16M"});
+  ASSERT_NE(server, nullptr);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::strncpy(address.sun_path, server->socket_path().c_str(), sizeof(address.sun_path) - 1);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  client = nbdring_connect_socket(fd, options);
+  ASSERT_NE(client, nullptr) << LastError();
+  ASSERT_EQ(nbdring_pread(client, back.data(), back.size(), 0, 0), 0) << LastError();
+  EXPECT_EQ(nbdring_close(client), 0);
+  EXPECT_EQ(nbdring_connect_socket(-1, options), nullptr);
+  EXPECT_EQ(nbdring_get_errno(), EINVAL);
+  nbdring_options_destroy(options);
 }
 
 struct CallbackCalls {

@@ -106,11 +106,11 @@ TEST(StatusToErrno, OtherCodes) {
   EXPECT_EQ(StatusToErrno(absl::OkStatus()), 0);
   EXPECT_EQ(StatusToErrno(absl::DeadlineExceededError("t")), ETIMEDOUT);
   EXPECT_EQ(StatusToErrno(absl::CancelledError("c")), ECANCELED);
+  EXPECT_EQ(StatusToErrno(absl::NotFoundError("n")), ENOENT);  // a server command not in PATH
   // Anything without a better answer is an I/O error.
   EXPECT_EQ(StatusToErrno(absl::InternalError("i")), EIO);
   EXPECT_EQ(StatusToErrno(absl::UnknownError("u")), EIO);
   EXPECT_EQ(StatusToErrno(absl::FailedPreconditionError("f")), EIO);
-  EXPECT_EQ(StatusToErrno(absl::NotFoundError("n")), EIO);
 }
 
 }  // namespace

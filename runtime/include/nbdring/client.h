@@ -174,6 +174,20 @@ class Client {
   // Connects, negotiates, and starts the ring threads. Errors name the stage that failed
   // (URI, connect, handshake with the server's reply, io_uring set-up and why).
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const ClientOptions& options);
+  // Negotiates over `fd`, a stream socket the caller already connected to the server (Unix,
+  // TCP, vsock, or one end of a socketpair): for servers reached in ways a URI cannot say,
+  // or inherited sockets. The client owns `fd` from this call on, even when it fails. One
+  // connection (a note says so when more were asked for); `reconnect` is refused. The export
+  // name and TLS settings come from `options` (its `uri`, or `address` when `uri` is empty).
+  static absl::StatusOr<std::unique_ptr<Client>> ConnectSocket(int fd,
+                                                               const ClientOptions& options);
+  // Starts `argv` (argv[0] looked up in PATH) as a child process whose stdin and stdout are
+  // one end of a socketpair, and negotiates over the other — for servers that serve one
+  // client on stdin/stdout, such as `nbdkit -s memory 1G` (libnbd's nbd_connect_command).
+  // Close() ends it: the server sees EOF; one still running a second later gets SIGKILL;
+  // either way it is reaped. Otherwise as ConnectSocket.
+  static absl::StatusOr<std::unique_ptr<Client>> ConnectCommand(
+      const std::vector<std::string>& argv, const ClientOptions& options);
 
   // Lets the requests already submitted finish (for up to ClientOptions::close_timeout;
   // those still unanswered then complete with UnavailableError), sends NBD_CMD_DISC, closes
@@ -265,6 +279,8 @@ class Client {
  private:
   class Impl;
   Client() = default;
+  static absl::StatusOr<std::unique_ptr<Client>> ConnectWith(const ClientOptions& options,
+                                                             std::unique_ptr<Impl> given);
   ExportInfo info_;
   std::vector<std::string> notes_;
   std::unique_ptr<Impl> impl_;
