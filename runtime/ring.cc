@@ -125,9 +125,12 @@ absl::Status Ring::SetUpNotifyFd() {
 }
 
 void Ring::SetNotify(bool enabled) {
-  // IORING_CQ_EVENTFD_DISABLED (Linux 5.8) is a flag in the shared CQ ring.
-  io_uring_cq_eventfd_toggle(&ring_, enabled);
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  // IORING_CQ_EVENTFD_DISABLED (Linux 5.8) is a flag in the shared CQ ring, which only this
+  // thread writes. Sequentially consistent, like the loads in HasPendingWork: switching on
+  // and then looking for work must not be reordered (the kernel posts, then reads the flag).
+  unsigned flags = __atomic_load_n(ring_.cq.kflags, __ATOMIC_RELAXED);
+  flags = enabled ? flags & ~IORING_CQ_EVENTFD_DISABLED : flags | IORING_CQ_EVENTFD_DISABLED;
+  __atomic_store_n(ring_.cq.kflags, flags, __ATOMIC_SEQ_CST);
 }
 
 void Ring::DrainNotify() {
@@ -142,8 +145,9 @@ void Ring::SignalNotify() {
 }
 
 bool Ring::HasPendingWork() {
-  const unsigned sq_flags = IO_URING_READ_ONCE(*ring_.sq.kflags);
-  return io_uring_cq_ready(&ring_) > 0 ||
+  const unsigned sq_flags = __atomic_load_n(ring_.sq.kflags, __ATOMIC_SEQ_CST);
+  const unsigned cq_tail = __atomic_load_n(ring_.cq.ktail, __ATOMIC_SEQ_CST);
+  return cq_tail != *ring_.cq.khead ||
          (sq_flags & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) != 0;
 }
 

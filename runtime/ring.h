@@ -75,7 +75,7 @@ class Ring {
   // The notify eventfd (see the top of this file); -1 when the ring has none.
   int notify_fd() const { return notify_fd_.get(); }
   // Switches the kernel's signals of the notify fd on or off (IORING_CQ_EVENTFD_DISABLED);
-  // a full fence follows, so a check made after switching on sees what came before.
+  // switching on is ordered before HasPendingWork's loads, so that check sees what came before.
   void SetNotify(bool enabled);
   void DrainNotify();   // resets the notify fd's count
   void SignalNotify();  // makes the notify fd readable
