@@ -49,6 +49,7 @@ constexpr uint64_t kGiB = 1024 * kMiB;
 using ::nbdcopy::testing::CopyPath;
 using ::nbdcopy::testing::Outcome;
 using ::nbdcopy::testing::Quote;
+using ::nbdcopy::testing::RunShellCapturingStderr;
 using ::nbdcopy::testing::ReadFile;
 
 void WriteFile(const std::string& path, const std::string& bytes) {
@@ -65,14 +66,7 @@ std::string RandomBytes(size_t length, uint32_t seed) {
 
 // Runs `shell_command` (which names the programs itself) with stderr captured.
 Outcome RunShell(const std::string& shell_command, const TempDir& dir) {
-  const std::string stderr_path = dir.File("copy.stderr");
-  const std::string command = absl::StrCat(shell_command, " 2>", stderr_path);
-  const int status = std::system(command.c_str());
-  Outcome outcome;
-  outcome.exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  outcome.err = ReadFile(stderr_path);
-  std::cerr << "$ " << command << "\n" << outcome.err;
-  return outcome;
+  return RunShellCapturingStderr(shell_command, dir.File("copy.stderr"));
 }
 
 // nbd-copy with `arguments`, each quoted, stdin from /dev/null.

@@ -41,6 +41,7 @@ using ::nbdcopy::testing::kMiB;
 using ::nbdcopy::testing::CopyPath;
 using ::nbdcopy::testing::Outcome;
 using ::nbdcopy::testing::Quote;
+using ::nbdcopy::testing::RunShellCapturingStderr;
 using ::nbdcopy::testing::ReadFile;
 
 // Runs `program` (nbd-copy or nbdcopy) with `arguments`, each quoted, stdin from /dev/null
@@ -49,14 +50,8 @@ Outcome Run(const std::string& program, const std::vector<std::string>& argument
             const TempDir& dir, const std::string& shell_suffix = "") {
   std::string command = program;
   for (const std::string& argument : arguments) absl::StrAppend(&command, " ", Quote(argument));
-  const std::string stderr_path = dir.File("stderr");
-  absl::StrAppend(&command, " </dev/null ", shell_suffix, " 2>", stderr_path);
-  const int status = std::system(command.c_str());
-  Outcome outcome;
-  outcome.exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  outcome.err = ReadFile(stderr_path);
-  std::cerr << "$ " << command << "\n" << outcome.err;
-  return outcome;
+  absl::StrAppend(&command, " </dev/null ", shell_suffix);
+  return RunShellCapturingStderr(command, dir.File("stderr"));
 }
 
 Outcome RunOurs(const std::vector<std::string>& arguments, const TempDir& dir,
