@@ -12,8 +12,9 @@
 // the ring both handle more replies per wakeup at depth). So this one climbs on what it is
 // meant to buy, throughput, and uses latency only through it (Little's law):
 //
-//   * It measures in periods: at least `period_ns` and `min_samples` replies, and at least
-//     four mean latencies long, so a change of the limit has settled in most of the period.
+//   * It measures in periods: at least `period_ns` and `min_samples` replies (or
+//     `long_period_ns` and `few_samples`, for slow servers), and at least four mean
+//     latencies long, so a change of the limit has settled in most of the period.
 //     A period's throughput is replies per second; its mean in-flight count is throughput x
 //     mean latency.
 //   * A probe cycle measures the current limit L (period A), then L_up = L x 1.25 (at least
@@ -46,7 +47,11 @@ struct InflightLimiterOptions {
   uint32_t cap = 256;       // the most it may ever allow (the in-flight table's capacity)
   uint32_t initial = 8;     // where it starts
   int64_t period_ns = 20'000'000;        // shortest measuring period
-  uint32_t min_samples = 64;             // replies a period needs at least
+  uint32_t min_samples = 64;             // replies a period needs at least...
+  // ...unless it has lasted this long and has `few_samples`: a slow server (large requests
+  // at a few MB/s) must still get a decision within a second or two.
+  int64_t long_period_ns = 250'000'000;
+  uint32_t few_samples = 8;
   int64_t max_probe_gap_ns = 400'000'000;  // longest pause between probe cycles
   double step = 1.25;       // L_up = L x step, L_down = L / step
   double up_gain = 0.1;     // up when throughput grew by this share of the step's growth
@@ -66,7 +71,10 @@ class InflightLimiter {
     if (period_start_ns_ == INT64_MIN) period_start_ns_ = now_ns;  // the very first reply
     ++samples_;
     latency_sum_ns_ += latency_ns > 0 ? latency_ns : 0;
-    if (samples_ < options_.min_samples || now_ns - period_start_ns_ < period_end_after_ns_) {
+    const int64_t elapsed_ns = now_ns - period_start_ns_;
+    if (elapsed_ns < period_end_after_ns_) return false;
+    if (samples_ < options_.min_samples &&
+        (samples_ < options_.few_samples || elapsed_ns < options_.long_period_ns)) {
       return false;
     }
     return EndPeriod(now_ns);
