@@ -46,7 +46,7 @@ namespace nbdring {
 struct InflightLimiterOptions {
   uint32_t cap = 256;       // the most it may ever allow (the in-flight table's capacity)
   uint32_t initial = 8;     // where it starts
-  int64_t period_ns = 20'000'000;        // shortest measuring period
+  int64_t period_ns = 40'000'000;        // shortest measuring period
   uint32_t min_samples = 64;             // replies a period needs at least...
   // ...unless it has lasted this long and has `few_samples`: a slow server (large requests
   // at a few MB/s) must still get a decision within a second or two.
