@@ -96,6 +96,7 @@ absl::StatusOr<RunSpec> MakeRunSpec(const BenchOptions& options, const nbd::Expo
   spec.verify = options.verify;
   spec.cpus = options.cpus;
   spec.batch_delay = options.batch_delay;
+  spec.inflight_limit = options.inflight_limit;
   spec.live_status = !options.json && isatty(STDOUT_FILENO);
 
   if (options.offset >= info.size) {

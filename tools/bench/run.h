@@ -51,6 +51,7 @@ struct RunSpec {
   bool verify = false;       // writes carry the pattern; every read is checked against it
   std::vector<int> cpus;     // empty: no pinning
   absl::Duration batch_delay = absl::Microseconds(50);  // nbdring only
+  int inflight_limit = -1;  // nbdring only: -1 = iodepth, 0 = auto, else fixed
   bool live_status = false;  // one-line progress on stdout, rewritten each second
 };
 
@@ -75,6 +76,12 @@ struct RunResult {
   // I/Os each connection completed in the window (empty when the engine cannot tell): how
   // evenly the server and the client served the connections.
   std::vector<uint64_t> connection_ios;
+  // nbdring: the client's in-flight limit at the end of the window, summed over connections
+  // (ClientStats::inflight_limit); with --inflight_limit=auto also the latency from staging
+  // to reply over the window (ClientStats::wire_latency: without the wait for a slot).
+  std::optional<uint64_t> inflight_limit;
+  std::optional<uint64_t> wire_p50_ns;
+  std::optional<uint64_t> wire_p99_ns;
 
   double iops() const { return seconds > 0 ? static_cast<double>(ios) / seconds : 0; }
   double mib_per_s() const {
