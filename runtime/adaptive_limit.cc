@@ -11,7 +11,7 @@ namespace nbdring {
 
 void Connection::ObserveReply(const Slot& slot) {
   const int64_t now_ns = MonotonicNanoseconds();
-  admit_limit_ = adaptive_->OnReply(now_ns, now_ns - slot.staged_ns);
+  admit_limit_ = adaptive_->OnReply(now_ns, now_ns - slot.staged_ns, table_.in_use());
 }
 
 }  // namespace nbdring

@@ -30,11 +30,11 @@ class AdaptiveLimit {
   }
 
   // One reply, `latency_ns` after its request was staged. Returns the limit to admit up to.
-  uint32_t OnReply(int64_t now_ns, int64_t latency_ns) {
+  uint32_t OnReply(int64_t now_ns, int64_t latency_ns, uint32_t in_flight) {
     const uint64_t latency = latency_ns > 0 ? static_cast<uint64_t>(latency_ns) : 0;
     Increment(wire_counts_[static_cast<size_t>(LatencyHistogram::BucketOf(latency))]);
     Increment(wire_sum_ns_, latency);
-    if (limiter_.OnSample(now_ns, latency_ns)) {
+    if (limiter_.OnSample(now_ns, latency_ns, in_flight)) {
       published_.store(limiter_.settled_limit(), std::memory_order_relaxed);
     }
     return limiter_.limit();

@@ -13,18 +13,19 @@ InflightLimiter::InflightLimiter(const InflightLimiterOptions& options) : option
   settled_ = std::clamp<uint32_t>(options_.initial, 1, options_.cap);
   active_ = settled_;
   probe_gap_ns_ = options_.period_ns;
+  down_step_ = options_.step;
   period_end_after_ns_ = options_.period_ns;
   period_start_ns_ = INT64_MIN;  // the first sample starts the first period
 }
 
 uint32_t InflightLimiter::Up(uint32_t limit) const {
-  const auto scaled = static_cast<uint32_t>(std::lround(limit * options_.step));
+  const auto scaled = static_cast<uint32_t>(std::lround(limit * (startup_ ? 2 : options_.step)));
   return std::min(std::max(scaled, limit + 1), options_.cap);
 }
 
 uint32_t InflightLimiter::Down(uint32_t limit) const {
   if (limit <= 1) return 1;
-  const auto scaled = static_cast<uint32_t>(std::lround(limit / options_.step));
+  const auto scaled = static_cast<uint32_t>(std::lround(limit / down_step_));
   return std::max<uint32_t>(std::min(scaled, limit - 1), 1);
 }
 
@@ -33,9 +34,10 @@ void InflightLimiter::StartPeriod(Phase phase, uint32_t active) {
   active_ = active;
   samples_ = 0;
   latency_sum_ns_ = 0;
+  in_flight_sum_ = 0;
   // Long enough for the change of limit to have settled in most of it: a request admitted
   // under the old limit is answered within about one latency.
-  period_end_after_ns_ = std::max(options_.period_ns, 4 * last_latency_ns_);
+  period_end_after_ns_ = std::max(options_.period_ns, 2 * last_latency_ns_);
   if (phase == Phase::kWait) {
     period_end_after_ns_ = std::max(period_end_after_ns_, probe_gap_ns_);
   }
@@ -46,6 +48,7 @@ bool InflightLimiter::EndPeriod(int64_t now_ns) {
   const int64_t elapsed_ns = now_ns - period_start_ns_;
   const uint32_t samples = samples_;
   const int64_t latency_sum_ns = latency_sum_ns_;
+  const double in_flight = static_cast<double>(in_flight_sum_) / samples;
   period_start_ns_ = now_ns;
   if (before == 0 || elapsed_ns <= 0) return false;  // unreachable; keeps the division safe
   if (elapsed_ns > std::max(options_.stale_period_ns, 8 * period_end_after_ns_)) {
@@ -54,13 +57,21 @@ bool InflightLimiter::EndPeriod(int64_t now_ns) {
     StartPeriod(Phase::kWait, settled_);
     return active_ != before;
   }
-  const double throughput = samples * 1e9 / static_cast<double>(elapsed_ns);
   const int64_t latency_ns = latency_sum_ns / samples;
+  const double throughput = samples * 1e9 / static_cast<double>(elapsed_ns);
+  // A count of n replies is uncertain by about one reply: with a slow server's handful per
+  // period that is 12 % or more, and decisions must not follow it.
+  const double quantum = 1.0 / samples;
   last_throughput_ = throughput;
   last_latency_ns_ = latency_ns;
 
   auto stay = [&] {
-    probe_gap_ns_ = std::min(probe_gap_ns_ * 2, options_.max_probe_gap_ns);
+    startup_ = false;
+    down_step_ = options_.step;
+    // A slow server's periods are long (two latencies): the pause grows to 8 of them, so
+    // probes still take a small share of the time.
+    probe_gap_ns_ = std::min(probe_gap_ns_ * 2,
+                             std::max(options_.max_probe_gap_ns, 8 * period_end_after_ns_));
     StartPeriod(Phase::kWait, settled_);
   };
   auto move_to = [&](uint32_t limit) {
@@ -82,9 +93,11 @@ bool InflightLimiter::EndPeriod(int64_t now_ns) {
     case Phase::kMeasure: {
       base_throughput_ = throughput;
       if (phase_ == Phase::kWait) {
-        auto far = [](double a, double b) { return a > 1.25 * b || b > 1.25 * a; };
-        if (far(throughput, pause_throughput_) ||
-            far(static_cast<double>(latency_ns), static_cast<double>(pause_latency_ns_))) {
+        // Latency less strictly: a pause right after a probe still drains the probe's extra
+        // requests.
+        auto far = [](double a, double b, double by) { return a > by * b || b > by * a; };
+        if (far(throughput, pause_throughput_, 1.25) ||
+            far(static_cast<double>(latency_ns), static_cast<double>(pause_latency_ns_), 2)) {
           probe_gap_ns_ = options_.period_ns;  // the server changed: probe again soon
         }
         pause_throughput_ = throughput;
@@ -100,10 +113,13 @@ bool InflightLimiter::EndPeriod(int64_t now_ns) {
     }
     case Phase::kUp: {
       const double step = static_cast<double>(active_) / settled_ - 1;
-      const bool gained = throughput >= base_throughput_ * (1 + options_.up_gain * step);
+      const bool gained =
+          throughput >= base_throughput_ * (1 + options_.up_gain * step + quantum);
       // Little's law: the requests B really had in flight. A caller that never filled the
       // higher limit says nothing about it.
-      const bool used = throughput * latency_ns / 1e9 >= 0.5 * (settled_ + active_);
+      const bool used = in_flight >= 0.5 * (settled_ + active_);
+      const bool strong = throughput >= base_throughput_ * (1 + 0.5 * step + quantum);
+      if (!(gained && used && strong)) startup_ = false;
       if (gained && used) {
         move_to(active_);
         const uint32_t up = Up(settled_);
@@ -118,8 +134,9 @@ bool InflightLimiter::EndPeriod(int64_t now_ns) {
       break;
     }
     case Phase::kDown:
-      if (throughput >= base_throughput_ * (1 - options_.down_loss)) {
+      if (throughput >= base_throughput_ * (1 - options_.down_loss - quantum)) {
         move_to(active_);
+        down_step_ = std::min(down_step_ * options_.step, 2.0);
         try_down();
       } else {
         stay();

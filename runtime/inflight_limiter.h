@@ -1,6 +1,7 @@
 // runtime/inflight_limiter.h — a connection's adaptive in-flight limit
 // (ClientOptions::inflight_limit = 0, "auto"). Sans-I/O: it is fed one sample per reply (the
-// time the reply arrived and how long its request was in flight) and answers with the limit
+// time the reply arrived, how long its request was in flight, and how many requests were in
+// flight then, itself included) and answers with the limit
 // the connection admits requests up to. No allocation, no lock, no clock of its own: the
 // connection feeds it from its ring thread, and the unit test from a simulated clock.
 //
@@ -13,10 +14,14 @@
 // meant to buy, throughput, and uses latency only through it (Little's law):
 //
 //   * It measures in periods: at least `period_ns` and `min_samples` replies (or
-//     `long_period_ns` and `few_samples`, for slow servers), and at least four mean
-//     latencies long, so a change of the limit has settled in most of the period.
-//     A period's throughput is replies per second; its mean in-flight count is throughput x
-//     mean latency.
+//     `long_period_ns` and `few_samples`, for slow servers), and at least two mean
+//     latencies long, so a change of the limit has settled in half of the period.
+//     A period's throughput is replies per second. A count of n replies is uncertain by one,
+//     so every threshold below widens by 1/n: a slow server's period holds a handful of
+//     replies, and one more or less must not decide anything. (Little's law, mean in-flight
+//     over mean latency, was tried instead and is worse: right after a change of the limit,
+//     the latencies of requests admitted under the old one skew it by tens of percent.)
+//     The mean in-flight count tells whether the caller filled a higher limit at all.
 //   * A probe cycle measures the current limit L (period A), then L_up = L x 1.25 (at least
 //     L + 1; period B). If B's throughput beat A's by at least `up_gain` of the relative step
 //     (default a tenth: 25 % more requests in flight must buy 2.5 % more throughput), and B
@@ -24,11 +29,17 @@
 //     the next cycle starts at once. Otherwise it measures L_down = L / 1.25 (period C):
 //     if C lost less than `down_loss` (1 %) of A's throughput, L becomes L_down (the same
 //     work with less queueing, so lower latency). Else L stays.
+//   * Startup: while every up-probe gains at least half its step (the server is far from
+//     saturated), the next probe doubles L instead; the first weaker result ends startup for
+//     good. Consecutive down moves grow their step the same way (x1.25, x1.56, ... up to
+//     x2): a slow server whose latency is long makes for long periods, and walking down
+//     from far above its knee in steps of 1.25 would take many of them.
 //   * While L stays, the pause before the next cycle doubles (from one period up to
-//     `max_probe_gap_ns`, 0.4 s): a settled connection runs at L nearly all the time, and
-//     still re-probes a few times a second, because servers change. A move resets the gap,
-//     and so does a pause whose throughput or latency differs by more than a quarter from
-//     the previous pause's: the server changed, so the next cycles follow at once.
+//     `max_probe_gap_ns`, 0.4 s, or 8 periods of a slow server): a settled connection runs
+//     at L nearly all the time, and still re-probes a few times a second, because servers
+//     change. A move resets the gap, and so does a pause whose throughput differs by more
+//     than a quarter from the previous pause's, or its latency by more than 2x: the server
+//     changed, so the next cycles follow at once.
 //   * L stays within [1, cap]; `cap` is the table's capacity.
 //
 // Each decision compares periods measured back to back, so a slow drift of the server or
@@ -45,7 +56,7 @@ namespace nbdring {
 
 struct InflightLimiterOptions {
   uint32_t cap = 256;       // the most it may ever allow (the in-flight table's capacity)
-  uint32_t initial = 8;     // where it starts
+  uint32_t initial = 4;     // where it starts
   int64_t period_ns = 40'000'000;        // shortest measuring period
   uint32_t min_samples = 64;             // replies a period needs at least...
   // ...unless it has lasted this long and has `few_samples`: a slow server (large requests
@@ -65,12 +76,14 @@ class InflightLimiter {
  public:
   explicit InflightLimiter(const InflightLimiterOptions& options = {});
 
-  // One reply: it arrived at `now_ns` (monotonic), `latency_ns` after its request was sent.
-  // Returns true when the limit changed.
-  bool OnSample(int64_t now_ns, int64_t latency_ns) {
+  // One reply: it arrived at `now_ns` (monotonic), `latency_ns` after its request was sent,
+  // with `in_flight` requests in flight (this one included). Returns true when the limit
+  // changed.
+  bool OnSample(int64_t now_ns, int64_t latency_ns, uint32_t in_flight) {
     if (period_start_ns_ == INT64_MIN) period_start_ns_ = now_ns;  // the very first reply
     ++samples_;
     latency_sum_ns_ += latency_ns > 0 ? latency_ns : 0;
+    in_flight_sum_ += in_flight;
     const int64_t elapsed_ns = now_ns - period_start_ns_;
     if (elapsed_ns < period_end_after_ns_) return false;
     if (samples_ < options_.min_samples &&
@@ -97,6 +110,8 @@ class InflightLimiter {
   void StartPeriod(Phase phase, uint32_t active);
   uint32_t Up(uint32_t limit) const;
   uint32_t Down(uint32_t limit) const;
+  bool startup_ = true;
+  double down_step_;
 
   InflightLimiterOptions options_;
   Phase phase_ = Phase::kMeasure;
@@ -110,6 +125,7 @@ class InflightLimiter {
   int64_t period_end_after_ns_;
   uint32_t samples_ = 0;
   int64_t latency_sum_ns_ = 0;
+  uint64_t in_flight_sum_ = 0;
 
   // Period A's throughput, and the last period's figures.
   double base_throughput_ = 0;
