@@ -142,28 +142,31 @@ TEST(AdaptiveLimitTest, FindsTheThreadsOfADelayedServer) {
 }
 
 TEST(AdaptiveLimitTest, SettlesWithinTwoSecondsAfterTheWorkloadChanges) {
-  // 200 Mbit/s: bandwidth-bound, so 4 KiB reads want a handful in flight and 1 MiB reads
-  // (40 ms each) one or two.
-  auto server = ServerProcess::StartNbdkit({"--filter=rate", "memory", "64M", "rate=200M"});
+  // 4 KiB reads from the 1 ms delay server want its 16 threads busy; 1 MiB reads from it are
+  // bound by copying memory after a few (16 x 1 MiB per 1.3 ms would be 12 GB/s).
+  auto server = ServerProcess::StartNbdkit(
+      {"--filter=delay", "--threads=16", "memory", "64M", "rdelay=1ms"});
   ASSERT_TRUE(server.ok()) << server.status();
   std::unique_ptr<Client> client = ConnectAuto((*server)->uri());
   ASSERT_NE(client, nullptr);
   ReadLoad load(client.get());
   load.Start();
-  const std::vector<uint64_t> small = TraceLimit(*client, std::chrono::milliseconds(2000));
+  TraceLimit(*client, std::chrono::milliseconds(1000));
+  const std::vector<uint64_t> small = TraceLimit(*client, std::chrono::milliseconds(1000));
   load.SetBlockSize(1 << 20);
   const std::vector<uint64_t> settling = TraceLimit(*client, std::chrono::milliseconds(2000));
-  const std::vector<uint64_t> settled = TraceLimit(*client, std::chrono::milliseconds(1500));
+  const std::vector<uint64_t> settled = TraceLimit(*client, std::chrono::milliseconds(1000));
   load.Stop();
   EXPECT_EQ(load.errors(), 0u);
   const std::string seen = absl::StrCat("4K: ", absl::StrJoin(small, " "), "\n1M, first 2 s: ",
                                         absl::StrJoin(settling, " "), "\n1M, then: ",
                                         absl::StrJoin(settled, " "));
-  // Settled: from 2 s after the change on, the limit stays low and within one step or two.
-  const auto [low, high] = std::minmax_element(settled.begin(), settled.end());
-  EXPECT_LE(*high, 4u) << seen;
-  EXPECT_LE(*high, 2 * *low) << seen;
   std::cout << seen << "\n";
+  // Settled: from 2 s after the change on, the limit stays within a step or two (probes
+  // are not in this figure: it is the limit the connection returns to).
+  const auto [low, high] = std::minmax_element(settled.begin(), settled.end());
+  EXPECT_LE(*high, 2 * *low) << seen;
+  EXPECT_GE(*low, 1u) << seen;
 }
 
 }  // namespace
