@@ -4,6 +4,10 @@ docs/performance.md ("Choosing the in-flight limit").
 
 Usage: limit_sweep_summary.py OUT_DIR
 
+With gnuplot installed it also draws OUT_DIR/limit_sweep.svg: throughput (as a share of the
+best fixed depth's) and p99 against the limit, one line per server and workload, auto as a
+point at the median limit it ended at (staged-to-reply p99).
+
 Per server and workload: one row per fixed depth (median IOPS, MiB/s, p99 over the rounds)
 and one for auto (median IOPS, the caller's p99, the staged-to-reply p99 and the limit it
 ended at), then the issue's targets: auto's throughput against the best fixed depth's, and
@@ -16,7 +20,9 @@ import glob
 import json
 import os
 import re
+import shutil
 import statistics
+import subprocess
 import sys
 from collections import defaultdict
 
@@ -43,6 +49,7 @@ def main(out):
             auto[key].append(document)
 
     summary = []
+    curves = []  # (title, [(depth, share, p99)], (limit, share, wire p99))
     for key in fixed:
         server, workload = key
         large = workload.endswith("1m")
@@ -75,6 +82,10 @@ def main(out):
         ratio = auto_throughput / best
         p99_ratio = wire_p99 / reference_p99
         met = ratio >= 0.9 and p99_ratio <= 1.5
+        curves.append((f"{server} {workload}",
+                       [(depth, medians[depth][0] / best, medians[depth][1]) for depth in
+                        sorted(medians)],
+                       (statistics.median(limits), ratio, wire_p99)))
         summary.append(
             f"| {server} | {workload} | {best_depth}: {best:,.0f} | {reference}: "
             f"{reference_p99:,.0f} µs | {auto_throughput:,.0f} (×{ratio:.2f}) | "
@@ -86,6 +97,46 @@ def main(out):
     print("|---|---|---|---|---|---|---|---|")
     for row in summary:
         print(row)
+    plot(out, curves)
+
+
+def plot(out, curves):
+    if not curves or shutil.which("gnuplot") is None:
+        return
+    data = os.path.join(out, "limit_sweep.dat")
+    with open(data, "w") as f:
+        for title, points, _ in curves:
+            f.write(f"# {title}\n")
+            for depth, share, p99 in points:
+                f.write(f"{depth} {share:.4f} {p99:.1f}\n")
+            f.write("\n\n")
+        for title, _, (limit, share, p99) in curves:
+            f.write(f"# {title} auto\n{limit} {share:.4f} {p99:.1f}\n\n\n")
+    n = len(curves)
+    fixed_lines = ", ".join(
+        f"'{data}' index {i} using 1:{{col}} with linespoints lt {i + 1} pt 7 ps 0.5 "
+        f"title '{title}'" for i, (title, _, _) in enumerate(curves))
+    auto_points = ", ".join(
+        f"'{data}' index {n + i} using 1:{{col}} with points lt {i + 1} pt 5 ps 1.5 notitle"
+        for i in range(n))
+    script = f"""
+set terminal svg size 900,420 font 'sans,11'
+set output '{os.path.join(out, "limit_sweep.svg")}'
+set multiplot layout 1,2 title 'Fixed limits (lines) and auto (squares, at the limit it ended at), 4K randread / 1M read, 1 connection'
+set logscale x 2
+set xlabel 'in-flight limit'
+set key bottom right font ',9'
+set ylabel 'throughput / best fixed'
+set yrange [0:1.1]
+plot {fixed_lines.format(col=2)}, {auto_points.format(col=2)}
+set logscale y
+set yrange [*:*]
+set ylabel 'p99 µs (auto: staged-to-reply)'
+set key top left font ',9'
+plot {fixed_lines.format(col=3)}, {auto_points.format(col=3)}
+unset multiplot
+"""
+    subprocess.run(["gnuplot"], input=script, text=True, check=False)
 
 
 if __name__ == "__main__":
