@@ -19,6 +19,16 @@
 #include "nbdring/client.h"
 #include "tests/testing/server_process.h"
 
+// Sanitizers slow the client several times over: then it is the bottleneck, and how fast the
+// limit settles says nothing about the limiter (the runs still check for races and leaks).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define NBDRING_LIMIT_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define NBDRING_LIMIT_SANITIZED 1
+#endif
+#endif
+
 namespace nbdring {
 namespace {
 
@@ -165,8 +175,10 @@ TEST(AdaptiveLimitTest, SettlesWithinTwoSecondsAfterTheWorkloadChanges) {
   // Settled: from 2 s after the change on, the limit stays within a step or two (probes
   // are not in this figure: it is the limit the connection returns to).
   const auto [low, high] = std::minmax_element(settled.begin(), settled.end());
-  EXPECT_LE(*high, 2 * *low) << seen;
   EXPECT_GE(*low, 1u) << seen;
+#ifndef NBDRING_LIMIT_SANITIZED
+  EXPECT_LE(*high, 2 * *low) << seen;
+#endif
 }
 
 }  // namespace
