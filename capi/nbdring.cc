@@ -205,8 +205,13 @@ int nbdring_options_set(nbdring_options* options, const char* key, const char* v
     if (!number_in(0, 1000000)) return bad_value("a number from 0 (no limit) to 1000000");
     o.reconnect_attempts = static_cast<int>(number);
   } else if (name == "inflight_limit") {
-    if (!number_in(1, 65536)) return bad_value("a number from 1 to 65536");
-    o.inflight_limit = static_cast<uint32_t>(number);
+    if (std::strcmp(value, "auto") == 0) {
+      o.inflight_limit = 0;
+    } else if (!number_in(0, 65536)) {
+      return bad_value("a number from 1 to 65536, or auto (or 0)");
+    } else {
+      o.inflight_limit = static_cast<uint32_t>(number);
+    }
   } else if (name == "receive_buffer_bytes") {
     if (!number_in(4096, 1 << 30)) return bad_value("a number of bytes from 4096 to 1 GiB");
     o.receive_buffer_bytes = static_cast<uint32_t>(number);

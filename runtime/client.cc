@@ -306,9 +306,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::ConnectWith(const ClientOptions&
   }
   auto address = ResolveAddress(options);
   if (!address.ok()) return address.status();
-  if (options.inflight_limit == 0 || options.inflight_limit > 65536) {
+  if (options.inflight_limit > 65536) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "inflight_limit must be between 1 and 65536, got ", options.inflight_limit));
+        "inflight_limit must be between 1 and 65536, or 0 for automatic, got ",
+        options.inflight_limit));
   }
   if (options.receive_buffer_bytes < 4096) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -444,7 +445,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::ConnectWith(const ClientOptions&
   std::vector<std::vector<PendingConnection>> per_thread(threads);
   for (int i = 0; i < connections; ++i) {
     ConnectionOptions connection_options;
-    connection_options.inflight_limit = options.inflight_limit;
+    connection_options.adaptive_limit = options.inflight_limit == 0;
+    connection_options.inflight_limit =
+        options.inflight_limit == 0 ? kAdaptiveInflightCap : options.inflight_limit;
     connection_options.receive_buffer_bytes = options.receive_buffer_bytes;
     connection_options.direct_receive_bytes = options.direct_receive_bytes;
     connection_options.request_timeout_ns = request_timeout_ns;

@@ -24,10 +24,15 @@ Connection::Connection(Ring* ring, FileDescriptor fd, std::unique_ptr<TlsSession
       options_(std::move(options)),
       extended_headers_(info.extended_headers()),
       table_(options_.inflight_limit),
+      admit_limit_(options_.inflight_limit),
       parser_(nbd::ReplyParserOptions{}, this),
       client_contexts_(std::move(client_contexts)) {
   if (options_.logger == nullptr) options_.logger = std::make_shared<Logger>();  // off
   counters_.latency = options_.latency;
+  if (options_.adaptive_limit) {
+    adaptive_ = std::make_unique<AdaptiveLimit>(options_.inflight_limit);
+    admit_limit_ = adaptive_->limit();
+  }
   parser_options_.mode = info.reply_mode;
   AdoptMetaContexts(info);
   // One header per slot plus NBD_CMD_DISC; a header and a payload iovec per slot.

@@ -60,6 +60,7 @@
 #include "nbd/reply_parser.h"
 #include "nbdring/operation.h"
 #include "runtime/operation_state.h"
+#include "runtime/adaptive_limit.h"
 #include "runtime/inflight_table.h"
 #include "runtime/latency_recorder.h"
 #include "runtime/logger.h"
@@ -72,7 +73,10 @@
 namespace nbdring {
 
 struct ConnectionOptions {
-  uint32_t inflight_limit = 64;
+  uint32_t inflight_limit = 64;  // the table's capacity
+  // Admit requests up to an InflightLimiter's limit (at most inflight_limit) instead of up
+  // to the table's capacity: ClientOptions::inflight_limit = 0.
+  bool adaptive_limit = false;
   uint32_t receive_buffer_bytes = 256 * 1024;
   uint32_t direct_receive_bytes = 16 * 1024;
   int64_t request_timeout_ns = 0;  // 0: none
@@ -167,6 +171,14 @@ class Connection : private nbd::RequestLookup {
   bool large_payload_in_flight() const { return large_payloads_in_flight_ > 0; }
   const absl::Status& failure() const { return failure_; }
   const ConnectionCounters& counters() const { return counters_; }
+  // Any thread: the in-flight limit now (the adaptive one's settled value), and the
+  // adaptive limiter's send-to-reply latencies (nothing with a fixed limit).
+  uint32_t inflight_limit() const {
+    return adaptive_ != nullptr ? adaptive_->published_limit() : table_.capacity();
+  }
+  void AddWireLatency(LatencyHistogram* histogram) const {
+    if (adaptive_ != nullptr) adaptive_->AddWireLatency(histogram);
+  }
   int index() const { return options_.index; }
 
  private:
@@ -175,6 +187,7 @@ class Connection : private nbd::RequestLookup {
     uint64_t part_offset = 0;  // of this part within the Operation
     uint64_t batch = 0;        // send batch that carries the request
     int64_t deadline_ns = 0;
+    int64_t staged_ns = 0;     // set with an adaptive limit only
     bool reply_done = false;   // replied, waiting for its batch's send to complete
     bool large_payload = false;  // counted in large_payloads_in_flight_
     absl::Status deferred_status;
@@ -184,6 +197,9 @@ class Connection : private nbd::RequestLookup {
   static constexpr size_t kTlsPlaintextBytes = 16 * 1024;
   static constexpr size_t kTlsSealChunkBytes = 64 * 1024;
   static constexpr uint32_t kInitialReceiveBytes = 16 * 1024;
+
+  // Adaptive limit: one reply for the limiter (adaptive_limit.cc).
+  void ObserveReply(const Slot& slot);
 
   // Every in-use slot leaves the table through here.
   void ReleaseSlot(uint64_t cookie, Slot* slot);
@@ -230,6 +246,10 @@ class Connection : private nbd::RequestLookup {
   unsigned kernel_operations_ = 0;  // our SQEs the kernel has not completed yet
 
   InflightTable<Slot> table_;
+  // Requests are staged while fewer than this are in flight: the table's capacity, or the
+  // adaptive limiter's current limit.
+  uint32_t admit_limit_;
+  std::unique_ptr<AdaptiveLimit> adaptive_;  // null with a fixed limit
   OperationQueue pending_;
   uint64_t outstanding_bytes_ = 0;  // staged requests
   uint64_t queued_bytes_ = 0;       // unstaged parts of pending_ (RecountQueuedBytes)

@@ -227,6 +227,7 @@ void Connection::ProcessInput(absl::Span<const uint8_t> input) {
 }
 
 void Connection::FinishSlot(uint64_t cookie, Slot* slot, const absl::Status& status) {
+  if (adaptive_ != nullptr) ObserveReply(*slot);
   if (slot->batch > sent_batch_) {
     // The request's send has not completed: the kernel may still read the write buffer.
     slot->reply_done = true;

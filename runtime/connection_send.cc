@@ -119,11 +119,12 @@ void Connection::StageBatch() {
   iovec_count_ = 0;
   bool previous_was_header = false;
   bool staged = false;
-  const int64_t now_ns = options_.request_timeout_ns > 0 ? MonotonicNanoseconds() : 0;
+  const int64_t now_ns =
+      options_.request_timeout_ns > 0 || adaptive_ != nullptr ? MonotonicNanoseconds() : 0;
   while (!pending_.empty()) {
     Operation* operation = pending_.front();
     Slot* slot = nullptr;
-    uint64_t cookie = table_.Acquire(&slot);
+    uint64_t cookie = table_.in_use() < admit_limit_ ? table_.Acquire(&slot) : 0;
     if (cookie == 0) {
       // Backpressure: the rest waits for replies to free slots.
       for (Operation* waiting = operation; waiting != nullptr; waiting = StateOf(waiting).next) {
@@ -150,6 +151,7 @@ void Connection::StageBatch() {
     slot->batch = batch_;
     slot->reply_done = false;
     slot->deadline_ns = DeadlineAfter(now_ns, options_.request_timeout_ns);
+    slot->staged_ns = now_ns;
     slot->large_payload = (operation->command == nbd::Command::kRead ||
                            operation->command == nbd::Command::kWrite) &&
                           part_length >= options_.direct_receive_bytes;

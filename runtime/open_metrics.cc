@@ -63,6 +63,12 @@ std::string OpenMetricsText(const ClientStats& stats, absl::string_view labels) 
   Counter(&out, "nbdring_queue_full_waits", "Requests that waited for an in-flight slot.",
           stats.queue_full_waits, labels);
   absl::StrAppend(&out,
+                  "# TYPE nbdring_inflight_limit gauge\n"
+                  "# HELP nbdring_inflight_limit Requests the connections may have in flight "
+                  "now (summed; adaptive with inflight_limit=auto).\n"
+                  "nbdring_inflight_limit",
+                  LabelSet(labels, ""), " ", stats.inflight_limit, "\n");
+  absl::StrAppend(&out,
                   "# TYPE nbdring_request_latency_seconds histogram\n"
                   "# HELP nbdring_request_latency_seconds From Submit to completion.\n");
   Histogram(&out, "read", stats.read_latency, labels);

@@ -387,6 +387,8 @@ void RingLoop::AddConnectionCounters(const Connection& connection, ClientStats* 
   stats->errors += counters.errors.load(std::memory_order_relaxed);
   stats->queue_full_waits += counters.queue_full_waits.load(std::memory_order_relaxed);
   stats->reconnects += counters.reconnects.load(std::memory_order_relaxed);
+  stats->inflight_limit += connection.inflight_limit();
+  connection.AddWireLatency(&stats->wire_latency);
 }
 
 void RingLoop::AppendConnectionStats(std::vector<std::pair<int, ClientStats>>* stats) const {

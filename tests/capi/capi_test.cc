@@ -62,8 +62,17 @@ TEST(CApiTest, OptionsTakeKnownKeysAndRefuseTheRest) {
   EXPECT_EQ(nbdring_options_set(options, "connectionz", "4"), -1);
   EXPECT_EQ(nbdring_get_errno(), EINVAL);
   EXPECT_NE(LastError().find("unknown option 'connectionz'"), std::string::npos) << LastError();
-  EXPECT_EQ(nbdring_options_set(options, "inflight_limit", "0"), -1);
-  EXPECT_NE(LastError().find("inflight_limit"), std::string::npos) << LastError();
+  // 0 and "auto" mean an adaptive limit; anything else out of 1-65536 is refused by value.
+  EXPECT_EQ(nbdring_options_set(options, "inflight_limit", "0"), 0);
+  EXPECT_EQ(nbdring_options_set(options, "inflight_limit", "auto"), 0);
+  for (const char* bad : {"autox", "-1", "70000", "", "16k"}) {
+    EXPECT_EQ(nbdring_options_set(options, "inflight_limit", bad), -1) << bad;
+    EXPECT_EQ(nbdring_get_errno(), EINVAL);
+    EXPECT_NE(LastError().find(std::string("inflight_limit' needs a number from 1 to 65536, "
+                                           "or auto (or 0), got '") + bad + "'"),
+              std::string::npos)
+        << LastError();
+  }
   EXPECT_EQ(nbdring_options_set(options, "reconnect", "maybe"), -1);
   EXPECT_EQ(nbdring_options_set(options, "threads", "two"), -1);
   EXPECT_EQ(nbdring_options_set(options, "threads", "-1"), -1);

@@ -89,6 +89,9 @@ TEST(LatencyStatsTest, PerCommandHistogramsAndOpenMetrics) {
   EXPECT_TRUE(absl::EndsWith(text, "# EOF\n"));
   EXPECT_THAT(text, HasSubstr("# TYPE nbdring_request_latency_seconds histogram\n"));
   EXPECT_EQ(Sample(text, "nbdring_requests_total{export=\"t\"}"), 13);
+  EXPECT_EQ(Sample(text, "nbdring_inflight_limit{export=\"t\"}"), 64);  // the fixed default
+  EXPECT_EQ(stats.inflight_limit, 64u);
+  EXPECT_EQ(stats.wire_latency.count(), 0u);  // kept with an automatic limit only
   EXPECT_EQ(Sample(text, "nbdring_request_latency_seconds_count{export=\"t\",command=\"read\"}"), 8);
   EXPECT_EQ(
       Sample(text, "nbdring_request_latency_seconds_bucket{export=\"t\",command=\"read\",le=\"+Inf\"}"),

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/flags/reflection.h"
+#include "absl/strings/str_cat.h"
 #include "absl/status/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -103,6 +104,20 @@ TEST_F(ParseCommandLineTest, HelpIsRecognised) {
   EXPECT_THAT(help, HasSubstr("taskset -c 1"));
 }
 
+TEST_F(ParseCommandLineTest, InflightLimitIsAutoANumberOrTheDepth) {
+  absl::StatusOr<BenchOptions> options = ParseCommandLine({});
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->inflight_limit, -1);  // follows --iodepth
+  for (const auto& [value, expected] :
+       {std::pair<const char*, int>{"auto", 0}, {"0", 0}, {"32", 32}, {"65536", 65536}}) {
+    absl::FlagSaver saver;
+    options = ParseCommandLine({"--iodepth=256", absl::StrCat("--inflight_limit=", value)});
+    ASSERT_TRUE(options.ok()) << options.status();
+    EXPECT_EQ(options->inflight_limit, expected) << value;
+    EXPECT_EQ(options->iodepth, 256);
+  }
+}
+
 TEST_F(ParseCommandLineTest, UsageErrorsAreOneLineInvalidArgument) {
   const std::vector<std::pair<std::vector<std::string>, const char*>> cases = {
       {{"--bogus=1"}, "unknown flag \"--bogus=1\" (see --help)"},
@@ -116,6 +131,13 @@ TEST_F(ParseCommandLineTest, UsageErrorsAreOneLineInvalidArgument) {
       {{"--iodepth=0"}, "--iodepth=0 is out of range [1, 65536]"},
       {{"--iodepth=x"}, "--iodepth=x: "},
       {{"--iodepth"}, "flag --iodepth needs a value"},
+      {{"--iodepth=1,70000"}, "--iodepth=1,70000: 70000 is out of range [1, 65536]"},
+      {{"--inflight_limit=autox"},
+       "--inflight_limit=autox: give a number from 1 to 65536, or auto"},
+      {{"--inflight_limit=-1"},
+       "--inflight_limit=-1: give a number from 1 to 65536, or auto"},
+      {{"--inflight_limit=70000"},
+       "--inflight_limit=70000: give a number from 1 to 65536, or auto"},
       {{"--rwmixread=101"}, "--rwmixread=101 is out of range [0, 100]"},
       {{"--connections=0"}, "--connections=0 is out of range"},
       {{"--runtime=abc"}, "--runtime=abc: "},

@@ -50,9 +50,12 @@ TEST(RunJsonTest, HasExactlyTheDocumentedKeysAndValues) {
   EXPECT_THAT(Keys(json),
               ElementsAre("engine", "rw", "bs", "iodepth", "connections", "threads", "ios",
                           "seconds", "iops", "mib_per_s", "lat_us", "cpu_us_per_io", "cpu_percent",
-                          "enters_per_io", "sqes_per_enter", "connection_iops"));
+                          "enters_per_io", "sqes_per_enter", "connection_iops",
+                          "inflight_limit", "wire_lat_us"));
   EXPECT_THAT(Keys(json["lat_us"]), ElementsAre("p50", "p90", "p99", "p999", "max"));
   EXPECT_TRUE(json["connection_iops"].is_null());
+  EXPECT_TRUE(json["inflight_limit"].is_null());
+  EXPECT_TRUE(json["wire_lat_us"].is_null());
   EXPECT_EQ(json["engine"], "nbdring");
   EXPECT_EQ(json["rw"], "randread");
   EXPECT_EQ(json["bs"], 4096);
@@ -78,6 +81,19 @@ TEST(RunJsonTest, ConnectionSpreadFromPerConnectionCounts) {
   EXPECT_THAT(SpreadLine(result), ::testing::HasSubstr("min 50, median 125, max 200 (max/min 4.00)"));
   result.connection_ios = {400};
   EXPECT_EQ(SpreadLine(result), "");
+}
+
+TEST(RunJsonTest, InflightLimitAndWireLatencyWhenTheEngineHasThem) {
+  RunResult result = MakeResult(EngineKind::kNbdring, 1000, 1.0, 0.5);
+  result.inflight_limit = 18;
+  result.wire_p50_ns = 250'000;
+  result.wire_p99_ns = 1'500'000;
+  const nlohmann::ordered_json json = RunJson(result);
+  EXPECT_EQ(json["inflight_limit"], 18);
+  EXPECT_DOUBLE_EQ(json["wire_lat_us"]["p50"].get<double>(), 250.0);
+  EXPECT_DOUBLE_EQ(json["wire_lat_us"]["p99"].get<double>(), 1500.0);
+  EXPECT_THAT(TableRow("nbdring", result),
+              ::testing::HasSubstr("limit 18 (wire p50/p99 250.0/1500.0µs)"));
 }
 
 TEST(HistogramLinesTest, OneLinePerOccupiedPowerOfTwoOfMicroseconds) {

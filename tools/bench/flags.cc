@@ -21,6 +21,11 @@ ABSL_FLAG(std::string, iodepth, "16",
 ABSL_FLAG(std::string, connections, "1",
           "connections to the server (more than one needs NBD_FLAG_CAN_MULTI_CONN); a comma "
           "list such as 1,2,4 sweeps");
+ABSL_FLAG(std::string, inflight_limit, "",
+          "nbdring: requests each connection may have in flight (ClientOptions::"
+          "inflight_limit): a number from 1 to 65536, or auto (each connection adapts its own, "
+          "up to 256); --iodepth stays the number the benchmark keeps outstanding, and "
+          "requests over the limit wait in the client (default: the --iodepth value)");
 ABSL_FLAG(int, threads, 1,
           "nbdring: ring threads; libnbd: poll-loop threads the handles are spread over");
 ABSL_FLAG(absl::Duration, runtime, absl::Seconds(5),
@@ -68,7 +73,7 @@ namespace {
 
 // The flags in the order --help lists them.
 constexpr const char* kFlagOrder[] = {
-    "rw",      "rwmixread", "bs",     "iodepth", "connections", "threads",
+    "rw",      "rwmixread", "bs",     "iodepth", "inflight_limit", "connections", "threads",
     "runtime", "size",      "ramp",   "offset",  "range",       "verify",
     "engine",  "compare",   "rounds", "json",    "histogram",   "plot",        "cpus",
     "prefill", "batch_delay", "polled",
@@ -227,6 +232,17 @@ absl::StatusOr<BenchOptions> ParseCommandLine(const std::vector<std::string>& ar
   if (!connection_counts.ok()) return connection_counts.status();
   options.connection_counts = *std::move(connection_counts);
   options.connections = options.connection_counts.front();
+  if (const std::string limit = absl::GetFlag(FLAGS_inflight_limit); !limit.empty()) {
+    int value = 0;
+    if (limit == "auto") {
+      options.inflight_limit = 0;
+    } else if (absl::SimpleAtoi(limit, &value) && value >= 0 && value <= 65536) {
+      options.inflight_limit = value;  // 0 is auto too, as in ClientOptions
+    } else {
+      return UsageError(absl::StrCat("--inflight_limit=", limit,
+                                     ": give a number from 1 to 65536, or auto"));
+    }
+  }
   options.threads = absl::GetFlag(FLAGS_threads);
   options.rounds = absl::GetFlag(FLAGS_rounds);
 
@@ -309,6 +325,7 @@ std::string HelpText() {
       "  nbd-bench nbd+unix:///?socket=/tmp/nbd.sock --compare --connections=4 --json\n"
       "  taskset -c 1 nbd-bench nbd://127.0.0.1/ --rw=randwrite --verify\n"
       "  nbd-bench --iodepth=1,4,16,64 --connections=1,2 --compare --plot=sweep.svg\n"
+      "  nbd-bench --iodepth=256 --inflight_limit=auto   # 256 outstanding, the client adapts\n"
       "\n"
       "Exit status: 0 success, 1 failure (connection, I/O error, verify mismatch),\n"
       "2 usage error, 128+N when ended by signal N (the partial results are still printed).\n";

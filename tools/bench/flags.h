@@ -32,6 +32,9 @@ struct BenchOptions {
   std::vector<int> iodepths = {16};
   std::vector<int> connection_counts = {1};
   int threads = 1;
+  // nbdring's ClientOptions::inflight_limit: -1 follows --iodepth (the limit is the depth the
+  // benchmark keeps outstanding), 0 is "auto", N a fixed limit below or above the depth.
+  int inflight_limit = -1;
   absl::Duration runtime = absl::Seconds(5);  // zero: no time limit (size_limit is then set)
   absl::Duration ramp = absl::Seconds(1);
   uint64_t size_limit = 0;  // zero: none

@@ -97,6 +97,7 @@ absl::StatusOr<RunSpec> MakeRunSpec(const BenchOptions& options, const nbd::Expo
   spec.cpus = options.cpus;
   spec.batch_delay = options.batch_delay;
   spec.polled = options.polled;
+  spec.inflight_limit = options.inflight_limit;
   spec.live_status = !options.json && isatty(STDOUT_FILENO);
 
   if (options.offset >= info.size) {

@@ -224,7 +224,8 @@ absl::StatusOr<RunResult> NbdringBench::Execute() {
   options.uri = spec_.uri;
   options.connections = spec_.connections;
   options.threads = spec_.threads;
-  options.inflight_limit = static_cast<uint32_t>(spec_.iodepth);
+  options.inflight_limit = static_cast<uint32_t>(
+      spec_.inflight_limit < 0 ? spec_.iodepth : spec_.inflight_limit);
   options.completion_batch_delay = spec_.batch_delay;
   absl::StatusOr<std::unique_ptr<nbdring::Client>> client =
       spec_.polled ? polling_.Start(options) : ConnectClient(options);
@@ -266,8 +267,11 @@ absl::StatusOr<RunResult> NbdringBench::Execute() {
   outstanding_ = slot_count_;
   run_.Start();
   for (int i = 0; i < slot_count_; ++i) Issue(slots_[i]);
-  run_.Measure([this] {
+  std::optional<nbdring::ClientStats> window_begin;
+  std::optional<nbdring::ClientStats> window_end;
+  run_.Measure([&] {
     const nbdring::ClientStats stats = client_->stats();
+    (window_begin ? window_end : window_begin) = stats;
     EngineCounters counters{stats.enters, stats.sqes, {}};
     for (const nbdring::ClientStats& connection : client_->connection_stats()) {
       counters.connection_ios.push_back(connection.requests);
@@ -280,6 +284,18 @@ absl::StatusOr<RunResult> NbdringBench::Execute() {
   }
   RunResult result = run_.Result(connections, client_->threads());
   result.notes = client_->notes();
+  if (window_end) {
+    result.inflight_limit = window_end->inflight_limit;
+    nbdring::LatencyHistogram wire;
+    for (int i = 0; i < nbdring::LatencyHistogram::kBucketCount; ++i) {
+      wire.Add(i, window_end->wire_latency.bucket_count(i) -
+                      window_begin->wire_latency.bucket_count(i), 0);
+    }
+    if (wire.count() > 0) {
+      result.wire_p50_ns = wire.PercentileNs(0.5);
+      result.wire_p99_ns = wire.PercentileNs(0.99);
+    }
+  }
   absl::Status status = run_.status();
   if (spec_.polled) polling_.Stop();  // closes the client on its owner thread
   absl::Status closed = client_->Close();

@@ -79,6 +79,14 @@ nlohmann::ordered_json RunJson(const RunResult& result) {
   } else {
     json["connection_iops"] = nullptr;
   }
+  json["inflight_limit"] = result.inflight_limit ? nlohmann::ordered_json(*result.inflight_limit)
+                                                 : nlohmann::ordered_json(nullptr);
+  if (result.wire_p50_ns && result.wire_p99_ns) {
+    json["wire_lat_us"] = {{"p50", Micros(*result.wire_p50_ns)},
+                           {"p99", Micros(*result.wire_p99_ns)}};
+  } else {
+    json["wire_lat_us"] = nullptr;
+  }
   if (result.interrupted) json["interrupted"] = true;
   if (!result.notes.empty()) json["notes"] = result.notes;
   return json;
@@ -106,6 +114,10 @@ std::string WorkloadLineWith(const RunSpec& spec, absl::string_view iodepth,
       absl::StrFormat("%s bs=%d iodepth=%s connections=%s threads=%d", ReadWriteName(spec.rw),
                       spec.block_size, iodepth, connections, spec.threads);
   if (spec.rw == ReadWrite::kRandRw) absl::StrAppend(&line, " rwmixread=", spec.read_percent);
+  if (spec.inflight_limit >= 0) {
+    absl::StrAppend(&line, " inflight_limit=",
+                    spec.inflight_limit == 0 ? "auto" : absl::StrCat(spec.inflight_limit));
+  }
   if (spec.runtime > absl::ZeroDuration()) {
     absl::StrAppend(&line, " runtime=", absl::FormatDuration(spec.runtime));
   }
@@ -157,6 +169,13 @@ std::string TableRow(absl::string_view label, const RunResult& result) {
                            : 0.0);
   } else {
     absl::StrAppendFormat(&row, " %9s %10s", "-", "-");
+  }
+  if (result.inflight_limit) {
+    absl::StrAppend(&row, "  limit ", *result.inflight_limit);
+    if (result.wire_p99_ns) {
+      absl::StrAppendFormat(&row, " (wire p50/p99 %.1f/%.1fµs)", Micros(*result.wire_p50_ns),
+                            Micros(*result.wire_p99_ns));
+    }
   }
   if (result.interrupted) absl::StrAppend(&row, "  (interrupted)");
   return row;

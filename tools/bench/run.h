@@ -54,6 +54,7 @@ struct RunSpec {
   // nbdring only: caller-driven (ClientOptions::threads = 0), turned by Client::Poll on one
   // thread of the benchmark's own instead of the library's ring threads.
   bool polled = false;
+  int inflight_limit = -1;  // nbdring only: -1 = iodepth, 0 = auto, else fixed
   bool live_status = false;  // one-line progress on stdout, rewritten each second
 };
 
@@ -78,6 +79,12 @@ struct RunResult {
   // I/Os each connection completed in the window (empty when the engine cannot tell): how
   // evenly the server and the client served the connections.
   std::vector<uint64_t> connection_ios;
+  // nbdring: the client's in-flight limit at the end of the window, summed over connections
+  // (ClientStats::inflight_limit); with --inflight_limit=auto also the latency from staging
+  // to reply over the window (ClientStats::wire_latency: without the wait for a slot).
+  std::optional<uint64_t> inflight_limit;
+  std::optional<uint64_t> wire_p50_ns;
+  std::optional<uint64_t> wire_p99_ns;
 
   double iops() const { return seconds > 0 ? static_cast<double>(ios) / seconds : 0; }
   double mib_per_s() const {

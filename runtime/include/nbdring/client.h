@@ -89,8 +89,13 @@ struct ClientOptions {
   // CPUs to pin the ring threads to: ring N runs on ring_cpus[N % ring_cpus.size()]. Empty:
   // not pinned. A CPU this process may not use fails Connect with InvalidArgument.
   std::vector<int> ring_cpus;
-  // Requests in flight per connection (the in-flight table's capacity). Further requests
-  // wait in a queue and go out as slots free.
+  // Requests in flight per connection, 1 to 65536 (the in-flight table's capacity). Further
+  // requests wait in a queue and go out as slots free.
+  // 0 ("auto"): each connection finds its own limit while it runs, between 1 and 256, from
+  // the throughput it observes: it keeps a higher limit only while that buys throughput and
+  // a lower one while that costs none, and re-probes a few times a second because servers
+  // change (runtime/inflight_limiter.h; docs/performance.md, "Choosing the in-flight
+  // limit"). ClientStats::inflight_limit says where it is.
   uint32_t inflight_limit = 64;
   // Meta contexts to negotiate, e.g. {"base:allocation"}; needed for BlockStatus().
   std::vector<std::string> meta_contexts;
