@@ -198,7 +198,7 @@ class Connection : private nbd::RequestLookup {
   static constexpr size_t kTlsSealChunkBytes = 64 * 1024;
   static constexpr uint32_t kInitialReceiveBytes = 16 * 1024;
 
-  // Adaptive limit: one reply for the limiter (adaptive_limit.cc).
+  // Adaptive limit: one reply for the limiter (connection_receive.cc).
   void ObserveReply(const Slot& slot);
 
   // Every in-use slot leaves the table through here.

@@ -226,6 +226,15 @@ void Connection::ProcessInput(absl::Span<const uint8_t> input) {
   }
 }
 
+// Adaptive limit: every reply is a sample for the connection's InflightLimiter
+// (adaptive_limit.h), and admission follows the limit it answers with; StageBatch admits
+// while fewer than admit_limit_ are in flight, so a raised limit takes effect at the ring's
+// next Flush of this connection.
+void Connection::ObserveReply(const Slot& slot) {
+  const int64_t now_ns = MonotonicNanoseconds();
+  admit_limit_ = adaptive_->OnReply(now_ns, now_ns - slot.staged_ns, table_.in_use());
+}
+
 void Connection::FinishSlot(uint64_t cookie, Slot* slot, const absl::Status& status) {
   if (adaptive_ != nullptr) ObserveReply(*slot);
   if (slot->batch > sent_batch_) {
