@@ -288,27 +288,9 @@ int nbdring_options_set_log(nbdring_options* options, nbdring_log_callback log, 
   return 0;
 }
 
-nbdring_client* nbdring_connect(const char* uri, const nbdring_options* options) {
-  if (uri == nullptr) {
-    Fail(EFAULT, "nbdring_connect: uri is NULL");
-    return nullptr;
-  }
-  nbdring::ClientOptions client_options =
-      options != nullptr ? options->options : nbdring::ClientOptions();
-  client_options.uri = uri;
-  absl::StatusOr<std::unique_ptr<nbdring::Client>> client =
-      nbdring::Client::Connect(client_options);
-  if (!client.ok()) {
-    FailWith(client.status(), "nbdring_connect");
-    return nullptr;
-  }
-  auto* handle = new nbdring_client();
-  handle->client = *std::move(client);
-  return handle;
-}
-
 namespace {
 
+// A connected client as a C handle, or NULL with the error recorded for `call`.
 nbdring_client* Wrap(absl::StatusOr<std::unique_ptr<nbdring::Client>> client, const char* call) {
   if (!client.ok()) {
     FailWith(client.status(), call);
@@ -320,6 +302,17 @@ nbdring_client* Wrap(absl::StatusOr<std::unique_ptr<nbdring::Client>> client, co
 }
 
 }  // namespace
+
+nbdring_client* nbdring_connect(const char* uri, const nbdring_options* options) {
+  if (uri == nullptr) {
+    Fail(EFAULT, "nbdring_connect: uri is NULL");
+    return nullptr;
+  }
+  nbdring::ClientOptions client_options =
+      options != nullptr ? options->options : nbdring::ClientOptions();
+  client_options.uri = uri;
+  return Wrap(nbdring::Client::Connect(client_options), "nbdring_connect");
+}
 
 nbdring_client* nbdring_connect_socket(int fd, const nbdring_options* options) {
   return Wrap(nbdring::Client::ConnectSocket(

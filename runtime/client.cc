@@ -353,7 +353,6 @@ void Client::BlockStatus(uint64_t length, uint64_t offset, ExtentsCallback exten
 
 namespace {
 
-template <typename SyncCaller>
 absl::Status RunSync(Client* client, const SyncCaller& caller, Command command, uint16_t flags,
                      uint64_t offset, uint64_t length, void* buffer,
                      std::vector<std::pair<uint32_t, std::vector<Extent>>>* extents = nullptr) {

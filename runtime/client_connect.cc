@@ -41,7 +41,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::ConnectSocket(int fd,
   impl->given_socket = FileDescriptor(fd);  // ours from here, even on failure
   if (fd < 0) return absl::InvalidArgumentError(absl::StrCat("ConnectSocket: bad fd ", fd));
   // The handshake waits with poll(); the ring takes the socket over afterwards.
-  if (absl::Status nonblocking = SetNonBlocking(fd); !nonblocking.ok()) return nonblocking;
+  if (absl::Status nonblocking = SetNonBlocking(fd, true); !nonblocking.ok()) return nonblocking;
   impl->given_description = absl::StrCat("socket fd ", fd);
   return ConnectWith(options, std::move(impl));
 }

@@ -22,6 +22,13 @@
 
 namespace nbdring {
 
+// Who calls a *Sync method: from a callback it must refuse; on the polling thread of a
+// caller-driven client it turns the loop itself until its request is done.
+struct SyncCaller {
+  bool in_callback = false;
+  RingLoop* drive = nullptr;
+};
+
 class Client::Impl {
  public:
   ClientOptions options;
@@ -46,12 +53,6 @@ class Client::Impl {
   std::string given_description;
   pid_t child = -1;
 
-  // Who calls a *Sync method: from a callback it must refuse; on the polling thread of a
-  // caller-driven client it turns the loop itself until its request is done.
-  struct SyncCaller {
-    bool in_callback = false;
-    RingLoop* drive = nullptr;
-  };
   SyncCaller sync_caller() const {
     SyncCaller caller;
     caller.in_callback = CurrentRing() != nullptr;

@@ -105,8 +105,9 @@ bool RingLoop::Turn(int64_t max_wait_ns) {
 
 void RingLoop::NotifyIfWorkLeft() {
   if (notify_signalled_) return;
-  // The ring's own check comes after notifications were switched back on (a full fence in
-  // SetNotify): an event after it signals the fd itself, one before it is seen here.
+  // The ring's own check comes after notifications were switched back on (SetNotify orders
+  // that store before these loads): an event after it signals the fd itself, one before it is
+  // seen here.
   if (dispatched_since_flush_ || !local_failures_.empty() || ring_->pending_sqes() > 0 ||
       cancels_.load(std::memory_order_acquire) != nullptr || ring_->HasPendingWork()) {
     ring_->SignalNotify();

@@ -42,7 +42,7 @@ absl::StatusOr<ServerCommand> StartServerCommand(const std::vector<std::string>&
     return error == ENOENT || error == EACCES ? absl::NotFoundError(message)
                                               : absl::InternalError(message);
   }
-  absl::Status nonblocking = SetNonBlocking(ours.get());
+  absl::Status nonblocking = SetNonBlocking(ours.get(), true);
   if (!nonblocking.ok()) {
     EndServerCommand(pid, absl::ZeroDuration());
     return nonblocking;

@@ -97,21 +97,15 @@ absl::StatusOr<FileDescriptor> ConnectAddress(int family, const sockaddr* addres
   return fd;
 }
 
-// io_uring then waits for readiness itself (see socket.h).
-absl::Status MakeBlocking(int fd) {
-  int flags = fcntl(fd, F_GETFL);
-  if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
-    return ErrnoError("making the socket blocking for io_uring", errno);
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
-absl::Status SetNonBlocking(int fd) {
+absl::Status SetNonBlocking(int fd, bool non_blocking) {
   int flags = fcntl(fd, F_GETFL);
-  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
-    return ErrnoError(absl::StrCat("making socket fd ", fd, " non-blocking"), errno);
+  flags = non_blocking ? flags | O_NONBLOCK : flags & ~O_NONBLOCK;
+  if (flags < 0 || fcntl(fd, F_SETFL, flags) != 0) {
+    return ErrnoError(non_blocking ? absl::StrCat("making socket fd ", fd, " non-blocking")
+                                   : std::string("making the socket blocking for io_uring"),
+                      errno);
   }
   return absl::OkStatus();
 }
@@ -320,7 +314,8 @@ absl::Status RunHandshake(int fd, nbd::Handshake& handshake, absl::Time deadline
     switch (handshake.state()) {
       case nbd::Handshake::State::kDone:
         if (session != nullptr) *session = stream.TakeTls();
-        return MakeBlocking(fd);
+        // io_uring then waits for readiness itself (see socket.h).
+        return SetNonBlocking(fd, false);
       case nbd::Handshake::State::kFailed:
         return absl::InternalError("handshake already failed");
       case nbd::Handshake::State::kStartTls: {

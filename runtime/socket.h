@@ -44,10 +44,11 @@ class FileDescriptor {
   int fd_ = -1;
 };
 
-// Connects to `address` (TCP with TCP_NODELAY, Unix, or vsock). Errors name the address.
-// Sets O_NONBLOCK on `fd` (sockets handed to ConnectSocket, whose handshake waits with poll).
-absl::Status SetNonBlocking(int fd);
+// Sets or clears O_NONBLOCK on `fd`: handshakes wait with poll() on a non-blocking socket
+// (ConnectSocket's too), and the ring then takes it blocking.
+absl::Status SetNonBlocking(int fd, bool non_blocking);
 
+// Connects to `address` (TCP with TCP_NODELAY, Unix, or vsock). Errors name the address.
 absl::StatusOr<FileDescriptor> ConnectTo(const nbd::NbdUri& address, absl::Time deadline,
                                          int abort_fd = -1);
 
