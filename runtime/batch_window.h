@@ -36,7 +36,7 @@
 // Epochs with fewer than kMinimumEpochReplies are not compared. Single-threaded (the ring's loop).
 //
 // The ring overrides a choice not to batch while many of its connections are busy (WindowNs's
-// keep_batching): there the gain the probe sees is unfairness, see ring_thread.cc.
+// keep_batching): there the gain the probe sees is unfairness, see ring_loop.cc.
 #ifndef NBDRING_RUNTIME_BATCH_WINDOW_H_
 #define NBDRING_RUNTIME_BATCH_WINDOW_H_
 
@@ -105,7 +105,7 @@ class BatchWindow {
 
   // The wait for `in_flight` requests; 0 means "do not batch, wake on the next completion".
   // `keep_batching` overrides a choice not to batch (the ring serves many connections, see
-  // kFairConnections in ring_thread.cc).
+  // kFairConnections in ring_loop.cc).
   int64_t WindowNs(uint32_t in_flight, bool keep_batching = false) const {
     if (!enabled() || (!batching() && !keep_batching)) return 0;
     if (ns_per_reply_ == 0) return max_delay_ns_;  // nothing measured yet

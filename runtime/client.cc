@@ -76,70 +76,104 @@ Client::~Client() { Close().IgnoreError(); }
 
 absl::Status Client::Close() {
   if (impl_ == nullptr) return absl::OkStatus();
-  if (impl_->CurrentRing() != nullptr) {
-    return absl::FailedPreconditionError("Client::Close called from one of its own callbacks");
+  Impl& impl = *impl_;
+  if (impl.pool == nullptr) return absl::OkStatus();  // Connect failed before the rings
+  if (impl.pool->CurrentLoop() != nullptr) {
+    return absl::FailedPreconditionError(
+        "Client::Close called from a callback (of this client or of another on its rings): "
+        "it would wait for the ring running it");
   }
-  if (impl_->polled != nullptr && !impl_->polled->on_this_thread()) {
-    if (impl_->closed.load()) return absl::OkStatus();  // closed by its owner: idempotent
+  RingLoop* polled = impl.pool->polled();
+  const bool owner_thread = polled != nullptr && polled->on_this_thread();
+  if (polled != nullptr && !owner_thread && impl.private_pool) {
+    if (impl.closed.load()) return absl::OkStatus();  // closed by its owner: idempotent
     return absl::FailedPreconditionError(
         "Client::Close of a caller-driven client (threads = 0) must run on the thread that "
         "connected it, which turns its ring");
   }
-  if (impl_->closed.exchange(true)) return absl::OkStatus();
-  if (impl_->logger != nullptr) impl_->logger->Log(LogLevel::kInfo, "closing");
+  if (impl.closed.exchange(true)) return absl::OkStatus();
+  if (impl.logger != nullptr) impl.logger->Log(LogLevel::kInfo, "closing");
   // A Submit that read `closed` as false is about to hand its operation to a ring; the rings
-  // must take it before they stop (see Submit). Such a call is a few instructions long.
-  while (impl_->submits_in_progress.load() != 0) std::this_thread::yield();
-  for (RingLoop* ring : impl_->rings) ring->RequestClose();
-  for (const std::unique_ptr<RingThread>& ring : impl_->ring_threads) ring->Join();
-  if (impl_->polled != nullptr) {
-    while (impl_->polled->Turn(-1)) {
+  // must take it before the group is detached (see Submit). Such a call is a few
+  // instructions long.
+  while (impl.submits_in_progress.load() != 0) std::this_thread::yield();
+  for (Attachment& attachment : impl.attachments) attachment.loop->Detach(attachment.group.get());
+  for (Attachment& attachment : impl.attachments) {
+    if (owner_thread) {
+      // Nobody else turns this ring: drain it here.
+      while (!attachment.group->finished_on_loop_thread() && polled->Turn(-1)) {
+      }
+    } else {
+      // Ring threads drain it (or, for a shared caller-driven runtime, its owner's Polls).
+      attachment.group->WaitFinished();
     }
+    impl.pool->Release(attachment.loop,
+                       static_cast<int>(attachment.group->connections.size()));
   }
-  impl_->ReapChild();
+  if (impl.private_pool) impl.pool->Shutdown();  // no ring thread outlives Close
+  impl.ReapChild();
   return absl::OkStatus();
 }
 
 int Client::connections() const { return impl_->connection_count; }
-int Client::threads() const { return static_cast<int>(impl_->ring_threads.size()); }
+int Client::threads() const { return impl_->pool->threads(); }
 
 absl::Status Client::Poll(absl::Duration timeout) {
-  RingLoop* loop = impl_->polled.get();
-  if (loop == nullptr) {
-    return absl::FailedPreconditionError(
-        "Client::Poll is for caller-driven clients (ClientOptions::threads = 0); this one has "
-        "ring threads");
+  if (impl_->closed.load() && impl_->pool->polled() != nullptr) {
+    return absl::FailedPreconditionError("the client is closed");
   }
-  if (!loop->on_this_thread()) {
-    return absl::FailedPreconditionError(
-        "Client::Poll must run on the thread that connected the client (the ring is theirs)");
-  }
-  if (loop->in_turn_on_this_thread()) {
-    return absl::FailedPreconditionError("Client::Poll called from one of its own callbacks");
-  }
-  if (impl_->closed.load()) return absl::FailedPreconditionError("the client is closed");
-  int64_t timeout_ns = -1;
-  if (timeout != absl::InfiniteDuration()) {
-    timeout_ns = std::max<int64_t>(absl::ToInt64Nanoseconds(timeout), 0);
-  }
-  loop->Turn(timeout_ns);
-  return absl::OkStatus();
+  return impl_->pool->Poll(timeout);
 }
 
-int Client::fd() {
-  if (impl_->polled == nullptr || !impl_->polled->on_this_thread()) return -1;
-  return impl_->polled->EnableNotifyFd();
+int Client::fd() { return impl_->pool->fd(); }
+
+namespace {
+
+void AddConnectionCounters(const Connection& connection, ClientStats* stats) {
+  const ConnectionCounters& counters = connection.counters();
+  stats->requests += counters.requests.load(std::memory_order_relaxed);
+  stats->wire_requests += counters.wire_requests.load(std::memory_order_relaxed);
+  stats->bytes_read += counters.bytes_read.load(std::memory_order_relaxed);
+  stats->bytes_written += counters.bytes_written.load(std::memory_order_relaxed);
+  stats->errors += counters.errors.load(std::memory_order_relaxed);
+  stats->queue_full_waits += counters.queue_full_waits.load(std::memory_order_relaxed);
+  stats->reconnects += counters.reconnects.load(std::memory_order_relaxed);
+  stats->inflight_limit += connection.inflight_limit();
+  connection.AddWireLatency(&stats->wire_latency);
 }
+
+void AddRingCounters(const RingLoop& loop, ClientStats* stats) {
+  const ClientStats ring = loop.RingCounters();
+  stats->wakeups += ring.wakeups;
+  stats->enters += ring.enters;
+  stats->sqes += ring.sqes;
+  stats->cqes += ring.cqes;
+}
+
+}  // namespace
 
 ClientStats Client::stats() const {
   ClientStats stats;
-  for (RingLoop* ring : impl_->rings) ring->AddStats(&stats);
+  for (const Attachment& attachment : impl_->attachments) {
+    attachment.group->latency.AddTo(&stats);
+    AddRingCounters(*attachment.loop, &stats);
+    for (const std::unique_ptr<Connection>& connection : attachment.group->connections) {
+      AddConnectionCounters(*connection, &stats);
+    }
+  }
   return stats;
 }
 
 std::vector<ClientStats> Client::connection_stats() const {
   std::vector<std::pair<int, ClientStats>> indexed;
-  for (RingLoop* ring : impl_->rings) ring->AppendConnectionStats(&indexed);
+  for (const Attachment& attachment : impl_->attachments) {
+    for (const std::unique_ptr<Connection>& connection : attachment.group->connections) {
+      ClientStats one;
+      AddRingCounters(*attachment.loop, &one);
+      AddConnectionCounters(*connection, &one);
+      indexed.emplace_back(connection->index(), one);
+    }
+  }
   std::sort(indexed.begin(), indexed.end(),
             [](const auto& a, const auto& b) { return a.first < b.first; });
   std::vector<ClientStats> stats;
@@ -265,9 +299,12 @@ absl::Status Client::Validate(const Operation& operation) const {
 
 void Client::Cancel(Operation* operation, uint64_t submission_id) {
   if (submission_id == 0 || impl_->closed.load(std::memory_order_acquire)) return;
-  // Rings are few (default one): asking each is simpler than tracking where it went. Each
-  // ring compares the id with the submission it holds, so a stale id matches nothing.
-  for (RingLoop* ring : impl_->rings) ring->Cancel(operation, submission_id);
+  // A client is on few rings (default one): asking each is simpler than tracking where the
+  // operation went. Each ring compares the id with the submission it holds, so a stale id
+  // matches nothing.
+  for (const Attachment& attachment : impl_->attachments) {
+    attachment.loop->Cancel(operation, submission_id);
+  }
 }
 
 uint64_t Client::Submit(Operation* operation) {
@@ -283,10 +320,13 @@ uint64_t Client::Submit(Operation* operation) {
   StateOf(operation).submitted_ns = MonotonicNanoseconds();
   StateOf(operation).first_error = Validate(*operation);
   if (operation->on_complete == nullptr) return submission_id;  // nothing to tell
-  if (RingLoop* ring = impl_->CurrentRing(); ring != nullptr) {
-    // From a callback: this ring is running, so it takes the operation (or, once closing,
-    // fails it on its next turn). The hot path of callback-driven I/O: no atomics here.
-    ring->Submit(operation);
+  if (Attachment* attachment = impl_->CurrentAttachment();
+      attachment != nullptr && !attachment->group->finished_on_loop_thread()) {
+    // From a callback on a ring this client has connections on: that ring takes the
+    // operation (or, once the client is closing, fails it on its next turn). The hot path of
+    // callback-driven I/O: no atomics here.
+    StateOf(operation).group = attachment->group.get();
+    attachment->loop->Submit(operation);
     return submission_id;
   }
   // Close() sets `closed` and then waits until no Submit is between this check and the hand
@@ -299,8 +339,11 @@ uint64_t Client::Submit(Operation* operation) {
     operation->on_complete(operation, absl::UnavailableError("the client is closed"));
     return submission_id;
   }
-  uint32_t index = impl_->next_ring.fetch_add(1, std::memory_order_relaxed) % impl_->rings.size();
-  impl_->rings[index]->Submit(operation);
+  const uint32_t index = impl_->next_attachment.fetch_add(1, std::memory_order_relaxed) %
+                         impl_->attachments.size();
+  Attachment& attachment = impl_->attachments[index];
+  StateOf(operation).group = attachment.group.get();
+  attachment.loop->Submit(operation);
   impl_->submits_in_progress.fetch_sub(1);
   return submission_id;
 }

@@ -1,6 +1,5 @@
 // Client::Connect and its siblings (ConnectSocket, ConnectCommand), and the negotiation-only
 // helpers QueryExport and ListExports: from options to running rings.
-#include <sched.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -15,7 +14,7 @@
 #include "runtime/connection.h"
 #include "runtime/logger.h"
 #include "runtime/negotiation.h"
-#include "runtime/ring_thread.h"
+#include "runtime/ring_pool.h"
 #include "runtime/server_command.h"
 
 namespace nbdring {
@@ -29,10 +28,44 @@ int64_t RingNanoseconds(absl::Duration duration, bool zero_is_none, int64_t none
   return std::max<int64_t>(absl::ToInt64Nanoseconds(duration), 0);
 }
 
+// One reconnect attempt for a connection of this client: connect and negotiate again, and
+// insist on the same export.
+Reconnector::Attempt ReconnectAttempt(const ClientOptions& options, const nbd::NbdUri& address,
+                                      const ExportInfo& info, const TlsPlan& tls) {
+  ClientOptions handshake = options;
+  handshake.runtime = nullptr;  // a handshake needs no rings, and must not keep them alive
+  return [handshake, address, info, tls](absl::Time deadline,
+                                         int abort_fd) -> absl::StatusOr<Reconnected> {
+    ClientOptions attempt = handshake;
+    attempt.connect_timeout = std::min(handshake.connect_timeout, deadline - absl::Now());
+    auto negotiated = OpenAndNegotiate(attempt, address,
+                                       nbd::HandshakeOptions::Goal::kTransmission, tls, abort_fd);
+    if (!negotiated.ok()) return negotiated.status();
+    const ExportInfo& again = negotiated->info;
+    if (again.size != info.size || again.transmission_flags != info.transmission_flags ||
+        again.reply_mode != info.reply_mode || !SameMetaContextNames(again, info)) {
+      return absl::FailedPreconditionError(
+          "the server offers a different export after reconnecting (size, flags, reply "
+          "mode or meta contexts changed)");
+    }
+    if ((negotiated->tls != nullptr) != info.tls) {
+      return absl::FailedPreconditionError("the server's TLS support changed after reconnecting");
+    }
+    return Reconnected{std::move(negotiated->fd), std::move(negotiated->tls), again};
+  };
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
   return ConnectWith(options, std::make_unique<Impl>());
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options,
+                                                        std::shared_ptr<Runtime> runtime) {
+  ClientOptions with_runtime = options;
+  with_runtime.runtime = std::move(runtime);
+  return ConnectWith(with_runtime, std::make_unique<Impl>());
 }
 
 absl::StatusOr<std::unique_ptr<Client>> Client::ConnectSocket(int fd,
@@ -77,40 +110,28 @@ absl::StatusOr<std::unique_ptr<Client>> Client::ConnectWith(const ClientOptions&
     return absl::InvalidArgumentError(absl::StrCat(
         "receive_buffer_bytes must be at least 4096, got ", options.receive_buffer_bytes));
   }
-  if (!options.ring_cpus.empty()) {
-    cpu_set_t allowed;
-    CPU_ZERO(&allowed);
-    if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) CPU_ZERO(&allowed);
-    for (int cpu : options.ring_cpus) {
-      if (cpu < 0 || cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &allowed)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "ring_cpus: CPU ", cpu, " is not one this process may run on (",
-            CPU_COUNT(&allowed), " allowed)"));
-      }
-    }
-  }
+  // Only RingPool implements Runtime (its constructor is protected; see ring_pool.h).
+  std::shared_ptr<RingPool> shared_pool = std::static_pointer_cast<RingPool>(options.runtime);
   int wanted_connections = std::max(options.connections, 1);
-  const bool caller_driven = options.threads == 0;
-  if (options.threads < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "threads must be 0 (caller-driven: Poll) or a number of ring threads, got ",
-        options.threads));
+  // A private pool's options (checked before connecting; its size waits for the connections).
+  RuntimeOptions private_options;
+  private_options.threads = options.threads;
+  private_options.ring_cpus = options.ring_cpus;
+  private_options.completion_batch_delay = options.completion_batch_delay;
+  private_options.completion_batch_min_in_flight = options.completion_batch_min_in_flight;
+  if (shared_pool == nullptr) {
+    if (absl::Status checked = CheckRuntimeOptions(private_options); !checked.ok()) return checked;
   }
+  const bool caller_driven =
+      shared_pool != nullptr ? shared_pool->polled() != nullptr : options.threads == 0;
   if (caller_driven && options.reconnect) {
     return absl::InvalidArgumentError(
         "reconnect needs ring threads (threads >= 1): in caller-driven mode (threads = 0) a "
         "lost connection is not re-established");
   }
-  if (caller_driven && !options.ring_cpus.empty()) {
+  if (wanted_connections > 1024) {
     return absl::InvalidArgumentError(
-        "ring_cpus needs ring threads (threads >= 1): with threads = 0 the ring runs on the "
-        "caller's thread, which the caller pins");
-  }
-  int threads = std::max(options.threads, 1);
-  if (wanted_connections > 1024 || threads > 256) {
-    return absl::InvalidArgumentError(absl::StrCat("connections (", wanted_connections,
-                                                   ") must be <= 1024 and threads (", threads,
-                                                   ") <= 256"));
+        absl::StrCat("connections must be between 1 and 1024, got ", wanted_connections));
   }
 
   std::unique_ptr<Client> client(new Client());
@@ -192,7 +213,6 @@ absl::StatusOr<std::unique_ptr<Client>> Client::ConnectWith(const ClientOptions&
     }
     sockets.push_back({std::move(more->fd), std::move(more->tls), more->info});
   }
-  threads = std::min(threads, connections);
   impl.connection_count = connections;
 
   // Split sizes: payloads up to the server's maximum (32 MiB when it states none); requests
@@ -204,8 +224,31 @@ absl::StatusOr<std::unique_ptr<Client>> Client::ConnectWith(const ClientOptions&
 
   const int64_t request_timeout_ns =
       RingNanoseconds(options.request_timeout, /*zero_is_none=*/true, 0);
-  std::vector<std::vector<PendingConnection>> per_thread(threads);
+  if (shared_pool != nullptr) {
+    impl.pool = shared_pool;
+  } else {
+    private_options.threads = std::min(options.threads, connections);  // 0 stays 0
+    const int per_ring = (connections + std::max(private_options.threads, 1) - 1) /
+                         std::max(private_options.threads, 1);
+    auto pool = RingPool::Create(private_options, /*ring_entries=*/4 * per_ring + 8);
+    if (!pool.ok()) return pool.status();
+    impl.pool = *std::move(pool);
+    impl.private_pool = true;
+  }
+  // Each connection goes to the loop with the fewest; one group per loop used.
+  std::vector<RingLoop*> placement = impl.pool->Place(connections);
   for (int i = 0; i < connections; ++i) {
+    RingLoop* loop = placement[static_cast<size_t>(i)];
+    auto attachment = std::find_if(impl.attachments.begin(), impl.attachments.end(),
+                                   [loop](const Attachment& a) { return a.loop == loop; });
+    if (attachment == impl.attachments.end()) {
+      impl.attachments.push_back({loop, std::make_unique<ConnectionGroup>()});
+      attachment = impl.attachments.end() - 1;
+      attachment->group->request_timeout_ns = request_timeout_ns;
+      attachment->group->close_timeout_ns =
+          RingNanoseconds(options.close_timeout, /*zero_is_none=*/false, INT64_MAX);
+    }
+    ConnectionGroup& group = *attachment->group;
     ConnectionOptions connection_options;
     connection_options.adaptive_limit = options.inflight_limit == 0;
     connection_options.inflight_limit =
@@ -217,68 +260,30 @@ absl::StatusOr<std::unique_ptr<Client>> Client::ConnectWith(const ClientOptions&
     connection_options.max_effect_part = (uint64_t{1} << 32) - (uint64_t{1} << 16);
     connection_options.index = i;
     connection_options.logger = logger;
+    connection_options.latency = &group.latency;
     connection_options.description =
         absl::StrCat("connection ", i + 1, " to ", impl.address_text);
     if (options.reconnect) {
       connection_options.reconnect_delay_ns =
           RingNanoseconds(options.reconnect_delay, /*zero_is_none=*/false, INT64_MAX);
       connection_options.reconnect_attempts = std::max(options.reconnect_attempts, 0);
-      connection_options.reconnect = [options, address = *address, info, tls = *tls](
-                                         absl::Time deadline,
-                                         int abort_fd) -> absl::StatusOr<Reconnected> {
-        ClientOptions attempt = options;
-        attempt.connect_timeout = std::min(options.connect_timeout, deadline - absl::Now());
-        auto negotiated = OpenAndNegotiate(
-            attempt, address, nbd::HandshakeOptions::Goal::kTransmission, tls, abort_fd);
-        if (!negotiated.ok()) return negotiated.status();
-        const ExportInfo& again = negotiated->info;
-        if (again.size != info.size || again.transmission_flags != info.transmission_flags ||
-            again.reply_mode != info.reply_mode || !SameMetaContextNames(again, info)) {
-          return absl::FailedPreconditionError(
-              "the server offers a different export after reconnecting (size, flags, reply "
-              "mode or meta contexts changed)");
-        }
-        if ((negotiated->tls != nullptr) != info.tls) {
-          return absl::FailedPreconditionError(
-              "the server's TLS support changed after reconnecting");
-        }
-        return Reconnected{std::move(negotiated->fd), std::move(negotiated->tls), again};
-      };
+      connection_options.wake_ring = [loop] { loop->Wake(); };
+      connection_options.reconnect = ReconnectAttempt(options, *address, info, *tls);
     }
-    per_thread[i % threads].push_back(
-        {std::move(sockets[i].fd), std::move(sockets[i].tls), std::move(sockets[i].info),
-         std::move(connection_options)});
+    Reconnected& socket = sockets[static_cast<size_t>(i)];
+    // Built here, started by the loop when it adopts the group (a Connection touches its
+    // ring only from Start on).
+    group.connections.push_back(std::make_unique<Connection>(
+        loop->ring(), std::move(socket.fd), std::move(socket.tls), socket.info,
+        info.meta_contexts, std::move(connection_options)));
   }
-  RingOptions ring_options;
-  if (request_timeout_ns > 0) {
-    ring_options.timeout_check_ns = std::max<int64_t>(request_timeout_ns / 8, 1000000);
+  for (Attachment& attachment : impl.attachments) attachment.loop->Attach(attachment.group.get());
+  if (shared_pool != nullptr) {
+    client->notes_.push_back(absl::StrCat("shared runtime: ", connections,
+                                          " connection(s) on ", impl.attachments.size(), " of its ",
+                                          impl.pool->loops().size(), " ring(s)"));
   }
-  ring_options.batch_delay_ns =
-      RingNanoseconds(options.completion_batch_delay, /*zero_is_none=*/false, 0);
-  ring_options.batch_min_in_flight = options.completion_batch_min_in_flight;
-  ring_options.close_timeout_ns =
-      RingNanoseconds(options.close_timeout, /*zero_is_none=*/false, INT64_MAX);
-  if (caller_driven) {
-    ring_options.notify_fd = true;
-    auto loop = RingLoop::Create(info, &per_thread[0], ring_options);
-    if (!loop.ok()) return loop.status();
-    impl.polled = *std::move(loop);
-    impl.rings.push_back(impl.polled.get());
-    client->notes_.push_back(
-        "caller-driven: no threads; Poll() on the thread that connected turns the ring");
-  }
-  for (int t = 0; !caller_driven && t < threads; ++t) {
-    ring_options.index = t;
-    ring_options.cpu = options.ring_cpus.empty()
-                           ? -1
-                           : options.ring_cpus[static_cast<size_t>(t) % options.ring_cpus.size()];
-    auto ring = RingThread::Start(info, std::move(per_thread[t]), ring_options);
-    if (!ring.ok()) return ring.status();
-    impl.rings.push_back(&(*ring)->loop());
-    impl.ring_threads.push_back(*std::move(ring));
-  }
-  // Every ring of a process probes the same kernel: one note says which paths they took.
-  client->notes_.push_back(absl::StrCat("io_uring: ", impl.rings.front()->ring_description()));
+  for (std::string& note : impl.pool->notes()) client->notes_.push_back(std::move(note));
   for (const std::string& note : client->notes_) logger->Log(LogLevel::kInfo, note);
   impl.logger = logger;
   return client;

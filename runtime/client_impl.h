@@ -15,8 +15,9 @@
 #include "absl/time/time.h"
 #include "nbdring/client.h"
 #include "runtime/logger.h"
+#include "runtime/connection_group.h"
 #include "runtime/ring_loop.h"
-#include "runtime/ring_thread.h"
+#include "runtime/ring_pool.h"
 #include "runtime/server_command.h"
 #include "runtime/socket.h"
 
@@ -29,21 +30,28 @@ struct SyncCaller {
   RingLoop* drive = nullptr;
 };
 
+// The client's connections on one loop of its pool.
+struct Attachment {
+  RingLoop* loop = nullptr;
+  std::unique_ptr<ConnectionGroup> group;
+};
+
 class Client::Impl {
  public:
   ClientOptions options;
   std::string address_text;
-  // Threaded mode: the threads that turn the loops. Caller-driven mode (threads = 0): none,
-  // and `polled` is the one loop, turned by Poll() on the thread that connected.
-  std::vector<std::unique_ptr<RingThread>> ring_threads;
-  std::unique_ptr<RingLoop> polled;
-  std::vector<RingLoop*> rings;  // every loop, either way
-  std::atomic<uint32_t> next_ring{0};
+  // The rings: the shared Runtime's (ClientOptions::runtime) or a private pool made for this
+  // client. Declared before `attachments`, so the groups go first: the pool's loops outlive
+  // every group that was attached to them.
+  std::shared_ptr<RingPool> pool;
+  bool private_pool = false;
+  std::vector<Attachment> attachments;  // one per loop this client's connections are on
+  std::atomic<uint32_t> next_attachment{0};
   std::atomic<uint64_t> next_submission_id{1};
   std::atomic<bool> closed{false};
   // Submit() calls between their check of `closed` and handing the operation to a ring.
   // Close() waits for this to drain after setting `closed`, so no operation can reach a ring
-  // that has stopped taking its inbox (see Submit).
+  // after its group was detached (see Submit).
   std::atomic<uint32_t> submits_in_progress{0};
   int connection_count = 0;
   std::shared_ptr<const Logger> logger;
@@ -55,8 +63,11 @@ class Client::Impl {
 
   SyncCaller sync_caller() const {
     SyncCaller caller;
-    caller.in_callback = CurrentRing() != nullptr;
-    if (polled != nullptr && polled->on_this_thread()) caller.drive = polled.get();
+    if (pool == nullptr) return caller;
+    caller.in_callback = pool->CurrentLoop() != nullptr;
+    if (pool->polled() != nullptr && pool->polled()->on_this_thread()) {
+      caller.drive = pool->polled();
+    }
     return caller;
   }
 
@@ -70,10 +81,14 @@ class Client::Impl {
     child = -1;
   }
 
-  // The loop whose callback is calling (inside a turn on its thread), or nullptr.
-  RingLoop* CurrentRing() const {
-    for (RingLoop* ring : rings) {
-      if (ring->in_turn_on_this_thread()) return ring;
+  // Inside a callback: this client's attachment on the loop running it (nullptr when this
+  // client has no connections there, or outside callbacks).
+  Attachment* CurrentAttachment() {
+    if (pool == nullptr) return nullptr;
+    RingLoop* loop = pool->CurrentLoop();
+    if (loop == nullptr) return nullptr;
+    for (Attachment& attachment : attachments) {
+      if (attachment.loop == loop) return &attachment;
     }
     return nullptr;
   }

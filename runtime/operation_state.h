@@ -16,6 +16,8 @@
 
 namespace nbdring {
 
+struct ConnectionGroup;
+
 struct OperationState {
   Operation* next = nullptr;       // intrusive link: submission and wait queues
   uint64_t staged_bytes = 0;       // split requests: bytes already handed to slots
@@ -27,6 +29,7 @@ struct OperationState {
   uint64_t last_batch = 0;         // newest send batch carrying a part of it
   int64_t submitted_ns = 0;        // MonotonicNanoseconds() at Submit, for the latency histograms
   absl::Status first_error;        // split requests: the first part's error wins
+  ConnectionGroup* group = nullptr;  // the client's connections on the ring it was handed to
 
   static OperationState& Of(Operation* operation) {
     return *std::launder(reinterpret_cast<OperationState*>(operation->state_.bytes_));

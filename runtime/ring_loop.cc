@@ -23,9 +23,7 @@ constexpr int64_t kInlineSendWaitCapNs = 1'000'000;
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<RingLoop>> RingLoop::Create(
-    const nbd::ExportInfo& info, std::vector<PendingConnection>* pending,
-    const RingOptions& options) {
+absl::StatusOr<std::unique_ptr<RingLoop>> RingLoop::Create(const RingOptions& options) {
   std::unique_ptr<RingLoop> loop(new RingLoop());
   loop->options_ = options;
   loop->batch_window_ = BatchWindow(options.batch_delay_ns);
@@ -34,22 +32,11 @@ absl::StatusOr<std::unique_ptr<RingLoop>> RingLoop::Create(
   if (fd < 0) return absl::InternalError(absl::StrCat("eventfd: ", std::strerror(errno)));
   loop->wakeup_fd_ = FileDescriptor(fd);
   // SINGLE_ISSUER/DEFER_TASKRUN rings belong to the thread that creates them.
-  unsigned entries = 16;
-  while (entries < 4 * pending->size() + 8) entries *= 2;
-  auto ring = Ring::Create(entries, options.notify_fd);
+  auto ring = Ring::Create(options.entries, options.notify_fd);
   if (!ring.ok()) return ring.status();
   loop->ring_ = *std::move(ring);
-  RingLoop* self = loop.get();
-  for (PendingConnection& connection : *pending) {
-    if (connection.options.reconnect) connection.options.wake_ring = [self] { self->Wake(); };
-    connection.options.latency = &loop->latency_;
-    loop->connections_.push_back(std::make_unique<Connection>(
-        loop->ring_.get(), std::move(connection.fd), std::move(connection.tls), connection.info,
-        info.meta_contexts, std::move(connection.options)));
-    loop->connections_.back()->Start();
-  }
   loop->wakeup_completion_.handler = &RingLoop::OnWakeup;
-  loop->wakeup_completion_.owner = self;
+  loop->wakeup_completion_.owner = loop.get();
   loop->ArmWakeup();
   return loop;
 }
@@ -60,10 +47,59 @@ RingLoop::~RingLoop() {
     delete message;
     message = next;
   }
-  // Every connection is closed by now and the wakeup read is the only SQE left; the ring's
-  // teardown cancels it while this object (and wakeup_value_) still exists.
-  connections_.clear();
+  // Every group is finished by now (its connections closed, their SQEs done) and the wakeup
+  // read is the only SQE left; the ring's teardown cancels it while this object (and
+  // wakeup_value_) still exists.
   ring_.reset();
+}
+
+void RingLoop::Attach(ConnectionGroup* group) {
+  ConnectionGroup* head = attached_.load(std::memory_order_relaxed);
+  do {
+    group->next_attached = head;
+  } while (!attached_.compare_exchange_weak(head, group, std::memory_order_release,
+                                            std::memory_order_relaxed));
+  if (on_this_thread() && !in_turn_) {
+    AdoptAttached();  // caller-driven, between polls: the caller's thread is the loop's
+  } else {
+    Wake();
+  }
+}
+
+void RingLoop::AdoptAttached() {
+  ConnectionGroup* stack = attached_.exchange(nullptr, std::memory_order_acquire);
+  std::vector<ConnectionGroup*> arrived;
+  for (; stack != nullptr; stack = stack->next_attached) arrived.push_back(stack);
+  if (arrived.empty()) return;
+  for (auto it = arrived.rbegin(); it != arrived.rend(); ++it) {  // oldest first
+    ConnectionGroup* group = *it;
+    group->adopted = true;
+    groups_.push_back(group);
+    for (const std::unique_ptr<Connection>& connection : group->connections) connection->Start();
+    if (group->request_timeout_ns > 0) {
+      // Check timeouts often enough for the strictest group, at most every millisecond.
+      const int64_t interval = std::max<int64_t>(group->request_timeout_ns / 8, 1000000);
+      if (timeout_check_ns_ == 0 || interval < timeout_check_ns_) timeout_check_ns_ = interval;
+    }
+    if (closing_) group->detach_requested.store(true, std::memory_order_relaxed);
+  }
+  if (closing_) detach_requests_.fetch_add(1, std::memory_order_relaxed);
+  RebuildConnectionList();
+}
+
+void RingLoop::RebuildConnectionList() {
+  connections_.clear();
+  for (ConnectionGroup* group : groups_) {
+    for (const std::unique_ptr<Connection>& connection : group->connections) {
+      connections_.push_back(connection.get());
+    }
+  }
+}
+
+void RingLoop::Detach(ConnectionGroup* group) {
+  group->detach_requested.store(true, std::memory_order_release);
+  detach_requests_.fetch_add(1, std::memory_order_release);
+  if (!on_this_thread()) Wake();  // on this thread the next turn sees it
 }
 
 int RingLoop::EnableNotifyFd() {
@@ -90,7 +126,7 @@ bool RingLoop::Turn(int64_t max_wait_ns) {
   if (running && notify_enabled_) {
     // The caller sleeps in its own poll next, not in this ring: what the callbacks submitted
     // and the receives they re-armed must reach the kernel now, or no reply can wake it.
-    for (const std::unique_ptr<Connection>& connection : connections_) connection->Flush();
+    for (Connection* connection : connections_) connection->Flush();
     dispatched_since_flush_ = false;
     ring_->Submit();
   }
@@ -109,6 +145,7 @@ void RingLoop::NotifyIfWorkLeft() {
   // that store before these loads): an event after it signals the fd itself, one before it is
   // seen here.
   if (dispatched_since_flush_ || !local_failures_.empty() || ring_->pending_sqes() > 0 ||
+      detach_requests_.load(std::memory_order_acquire) != detaches_seen_ ||
       cancels_.load(std::memory_order_acquire) != nullptr || ring_->HasPendingWork()) {
     ring_->SignalNotify();
     notify_signalled_ = true;
@@ -155,7 +192,7 @@ void RingLoop::ProcessCancels() {
   OperationQueue arrived = inbox_.TakeAll();
   while (Operation* operation = arrived.PopFront()) Dispatch(operation);
   while (message != nullptr) {
-    for (const std::unique_ptr<Connection>& connection : connections_) {
+    for (Connection* connection : connections_) {
       if (connection->Cancel(message->operation, message->submission)) break;
     }
     CancelMessage* next = message->next;
@@ -166,8 +203,7 @@ void RingLoop::ProcessCancels() {
 
 void RingLoop::RequestClose() {
   if (close_requested_.exchange(true)) return;
-  uint64_t one = 1;
-  [[maybe_unused]] ssize_t written = write(wakeup_fd_.get(), &one, sizeof(one));
+  Wake();
 }
 
 void RingLoop::ArmWakeup() {
@@ -180,26 +216,35 @@ void RingLoop::OnWakeup(IoCompletion* completion) {
   self->ArmWakeup();  // the inbox itself is drained at the top of every turn
 }
 
+void RingLoop::FailLocally(Operation* operation, absl::Status status) {
+  if (!status.ok()) StateOf(operation).first_error = std::move(status);
+  if (ConnectionGroup* group = StateOf(operation).group; group != nullptr) {
+    ++group->local_failures;
+  }
+  local_failures_.PushBack(operation);
+}
+
 void RingLoop::Dispatch(Operation* operation) {
   dispatched_since_flush_ = true;
+  ConnectionGroup* group = StateOf(operation).group;
+  if (!group->adopted) AdoptAttached();  // attached just before this operation was pushed
   if (!StateOf(operation).first_error.ok()) {
     // Refused by validation: completed on the next turn, never inside Submit.
-    local_failures_.PushBack(operation);
+    FailLocally(operation, absl::OkStatus());
     return;
   }
-  if (closing_) {
-    StateOf(operation).first_error = absl::UnavailableError("the client is closed");
-    local_failures_.PushBack(operation);
+  if (group->closing) {
+    FailLocally(operation, absl::UnavailableError("the client is closed"));
     return;
   }
-  // The least loaded connection; among equals, the search starts one further each time, so
-  // ties do not always go to the first connections (at hundreds of connections that bias
-  // left the last ones starved).
+  // The least loaded connection of the group; among equals, the search starts one further
+  // each time, so ties do not always go to the first connections (at hundreds of connections
+  // that bias left the last ones starved).
   Connection* best = nullptr;
-  const size_t count = connections_.size();
-  const size_t start = count > 0 ? dispatch_start_++ % count : 0;
+  const size_t count = group->connections.size();
+  const size_t start = count > 0 ? group->dispatch_start++ % count : 0;
   for (size_t i = 0; i < count; ++i) {
-    Connection* connection = connections_[(start + i) % count].get();
+    Connection* connection = group->connections[(start + i) % count].get();
     if (!connection->usable()) continue;
     if (best == nullptr || connection->outstanding_bytes() < best->outstanding_bytes()) {
       best = connection;
@@ -208,72 +253,119 @@ void RingLoop::Dispatch(Operation* operation) {
   if (best == nullptr) {
     // No open connection: wait on one that is reconnecting or about to (bounded by its
     // reconnect delay).
-    for (const std::unique_ptr<Connection>& connection : connections_) {
+    for (const std::unique_ptr<Connection>& connection : group->connections) {
       if (connection->will_reopen()) {
         connection->Enqueue(operation);
         return;
       }
     }
-    absl::Status last = connections_.empty() ? absl::UnavailableError("no connection")
-                                             : connections_.front()->failure();
-    StateOf(operation).first_error = absl::UnavailableError(
-        absl::StrCat("no open connection to the server (", last.message(), ")"));
-    local_failures_.PushBack(operation);
+    absl::Status last = group->connections.empty() ? absl::UnavailableError("no connection")
+                                                   : group->connections.front()->failure();
+    FailLocally(operation, absl::UnavailableError(absl::StrCat(
+                               "no open connection to the server (", last.message(), ")")));
     return;
   }
   best->Enqueue(operation);
 }
 
-void RingLoop::AbandonConnections() {
-  abandoned_ = true;
-  for (const std::unique_ptr<Connection>& connection : connections_) {
+void RingLoop::AbandonConnections(ConnectionGroup* group) {
+  group->abandoned = true;
+  for (const std::unique_ptr<Connection>& connection : group->connections) {
     if (connection->state() == Connection::State::kClosed) continue;
     connection->Fail(absl::UnavailableError(absl::StrCat(
         "the client closed and the server did not finish within the close timeout (",
-        options_.close_timeout_ns / 1000000, " ms)")));
+        group->close_timeout_ns / 1000000, " ms)")));
   }
 }
 
-bool RingLoop::AllClosed() const {
-  for (const std::unique_ptr<Connection>& connection : connections_) {
-    if (connection->state() != Connection::State::kClosed) return false;
+bool RingLoop::ProgressDetaches() {
+  const uint32_t requests = detach_requests_.load(std::memory_order_acquire);
+  if (requests != detaches_seen_) {
+    detaches_seen_ = requests;
+    bool newly_closing = false;
+    for (ConnectionGroup* group : groups_) {
+      if (group->closing || !group->detach_requested.load(std::memory_order_acquire)) continue;
+      group->closing = true;
+      group->close_deadline_ns = DeadlineAfter(MonotonicNanoseconds(), group->close_timeout_ns);
+      ++closing_groups_;
+      newly_closing = true;
+      for (const std::unique_ptr<Connection>& connection : group->connections) {
+        connection->StopReconnecting();
+      }
+    }
+    if (newly_closing) {
+      // What the client submitted before it asked to detach is visible now (its pushes came
+      // before the request): it is dispatched to the group and drains with it.
+      OperationQueue arrived = inbox_.TakeAll();
+      while (Operation* operation = arrived.PopFront()) Dispatch(operation);
+    }
   }
-  return true;
+  if (closing_groups_ == 0) return false;
+  bool finished_any = false;
+  const int64_t now = MonotonicNanoseconds();
+  for (ConnectionGroup*& group : groups_) {
+    if (!group->closing) continue;
+    if (!group->abandoned && now >= group->close_deadline_ns) AbandonConnections(group);
+    bool idle = group->local_failures == 0;
+    bool closed = group->local_failures == 0;
+    for (const std::unique_ptr<Connection>& connection : group->connections) {
+      idle = idle && (connection->idle() || connection->state() != Connection::State::kOpen);
+      closed = closed && connection->state() == Connection::State::kClosed;
+    }
+    if (idle && !closed) {
+      for (const std::unique_ptr<Connection>& connection : group->connections) {
+        connection->Disconnect();
+      }
+      closed = group->local_failures == 0;
+      for (const std::unique_ptr<Connection>& connection : group->connections) {
+        closed = closed && connection->state() == Connection::State::kClosed;
+      }
+    }
+    if (!closed) continue;
+    --closing_groups_;
+    ConnectionGroup* done = group;
+    group = nullptr;  // let go of it before marking it finished: its owner may free it then
+    finished_any = true;
+    done->MarkFinished();
+  }
+  if (finished_any) {
+    groups_.erase(std::remove(groups_.begin(), groups_.end(), nullptr), groups_.end());
+    RebuildConnectionList();
+  }
+  return finished_any;
 }
 
 bool RingLoop::RunTurn(int64_t max_wait_ns) {
+  if (attached_.load(std::memory_order_relaxed) != nullptr) AdoptAttached();
+  if (!closing_ && close_requested_.load(std::memory_order_acquire)) {
+    closing_ = true;  // every group attached now or later is detached
+    for (ConnectionGroup* group : groups_) {
+      group->detach_requested.store(true, std::memory_order_relaxed);
+    }
+    detach_requests_.fetch_add(1, std::memory_order_relaxed);
+  }
   OperationQueue arrived = inbox_.TakeAll();
   while (Operation* operation = arrived.PopFront()) Dispatch(operation);
   if (cancels_.load(std::memory_order_relaxed) != nullptr) ProcessCancels();
   while (Operation* operation = local_failures_.PopFront()) {
+    if (ConnectionGroup* group = StateOf(operation).group; group != nullptr) {
+      --group->local_failures;
+    }
     StateOf(operation).fully_staged = true;
     StateOf(operation).parts_outstanding = 1;
     absl::Status status = StateOf(operation).first_error;
     CompleteOperationPart(operation, status, nullptr);  // its callback may dispatch more
   }
-  for (const std::unique_ptr<Connection>& connection : connections_) {
-    connection->PollReconnect();
-  }
-  if (!closing_ && close_requested_.load(std::memory_order_acquire)) {
-    closing_ = true;
-    close_deadline_ns_ = DeadlineAfter(MonotonicNanoseconds(), options_.close_timeout_ns);
-    for (const std::unique_ptr<Connection>& connection : connections_) {
-      connection->StopReconnecting();
-    }
-  }
-  if (closing_) {
-    if (!abandoned_ && MonotonicNanoseconds() >= close_deadline_ns_) AbandonConnections();
-    bool idle = inbox_.empty() && local_failures_.empty();
-    for (const std::unique_ptr<Connection>& connection : connections_) {
-      idle = idle && (connection->idle() || connection->state() != Connection::State::kOpen);
-    }
-    if (idle) {
-      for (const std::unique_ptr<Connection>& connection : connections_) connection->Disconnect();
-    }
-    if (AllClosed() && inbox_.empty() && local_failures_.empty()) return false;
+  for (Connection* connection : connections_) connection->PollReconnect();
+  // Whoever waits for a group that just finished (a caller-driven Close turning this loop)
+  // must not wait out a whole turn for nothing.
+  if (ProgressDetaches()) max_wait_ns = 0;
+  if (closing_ && groups_.empty() && attached_.load(std::memory_order_acquire) == nullptr &&
+      inbox_.empty() && local_failures_.empty()) {
+    return false;
   }
   unsigned inline_sends = 0;
-  for (const std::unique_ptr<Connection>& connection : connections_) {
+  for (Connection* connection : connections_) {
     connection->Flush();
     inline_sends += connection->TakeInlineSend() ? 1 : 0;
   }
@@ -281,21 +373,20 @@ bool RingLoop::RunTurn(int64_t max_wait_ns) {
   if (!local_failures_.empty()) return true;
 
   int64_t wait_ns = -1;
-  const int64_t now = options_.timeout_check_ns > 0 || batch_window_.enabled() || closing_
+  const int64_t now = timeout_check_ns_ > 0 || batch_window_.enabled() || closing_groups_ > 0
                           ? MonotonicNanoseconds()
                           : 0;
-  if (options_.timeout_check_ns > 0) {
+  if (timeout_check_ns_ > 0) {
     if (now >= next_timeout_check_ns_) {
-      for (const std::unique_ptr<Connection>& connection : connections_) {
-        connection->CheckTimeouts(now);
-      }
-      next_timeout_check_ns_ = now + options_.timeout_check_ns;
+      for (Connection* connection : connections_) connection->CheckTimeouts(now);
+      next_timeout_check_ns_ = now + timeout_check_ns_;
     }
     wait_ns = next_timeout_check_ns_ - now;
   }
-  if (closing_ && !abandoned_) {
+  for (const ConnectionGroup* group : groups_) {
+    if (!group->closing || group->abandoned) continue;
     // Wake up at the close deadline even if the server stays silent.
-    const int64_t until_deadline = std::max<int64_t>(close_deadline_ns_ - now, 0);
+    const int64_t until_deadline = std::max<int64_t>(group->close_deadline_ns - now, 0);
     if (wait_ns < 0 || wait_ns > until_deadline) wait_ns = until_deadline;
   }
   // Completion batching: with many requests in flight the server has work queued, so
@@ -309,7 +400,7 @@ bool RingLoop::RunTurn(int64_t max_wait_ns) {
   unsigned busy_connections = 0;
   bool large_payload = false;
   uint64_t replies = 0;  // received so far; only the batching window reads it
-  for (const std::unique_ptr<Connection>& connection : connections_) {
+  for (const Connection* connection : connections_) {
     in_flight += connection->in_flight();
     busy_connections += connection->in_flight() > 0 ? 1 : 0;
     sends += connection->send_in_flight() ? 1 : 0;
@@ -377,40 +468,6 @@ ClientStats RingLoop::RingCounters() const {
     stats.cqes = ring_->counters().cqes.load(std::memory_order_relaxed);
   }
   return stats;
-}
-
-void RingLoop::AddConnectionCounters(const Connection& connection, ClientStats* stats) {
-  const ConnectionCounters& counters = connection.counters();
-  stats->requests += counters.requests.load(std::memory_order_relaxed);
-  stats->wire_requests += counters.wire_requests.load(std::memory_order_relaxed);
-  stats->bytes_read += counters.bytes_read.load(std::memory_order_relaxed);
-  stats->bytes_written += counters.bytes_written.load(std::memory_order_relaxed);
-  stats->errors += counters.errors.load(std::memory_order_relaxed);
-  stats->queue_full_waits += counters.queue_full_waits.load(std::memory_order_relaxed);
-  stats->reconnects += counters.reconnects.load(std::memory_order_relaxed);
-  stats->inflight_limit += connection.inflight_limit();
-  connection.AddWireLatency(&stats->wire_latency);
-}
-
-void RingLoop::AppendConnectionStats(std::vector<std::pair<int, ClientStats>>* stats) const {
-  const ClientStats ring = RingCounters();
-  for (const std::unique_ptr<Connection>& connection : connections_) {
-    ClientStats one = ring;
-    AddConnectionCounters(*connection, &one);
-    stats->emplace_back(connection->index(), one);
-  }
-}
-
-void RingLoop::AddStats(ClientStats* stats) const {
-  latency_.AddTo(stats);
-  const ClientStats ring = RingCounters();
-  stats->wakeups += ring.wakeups;
-  stats->enters += ring.enters;
-  stats->sqes += ring.sqes;
-  stats->cqes += ring.cqes;
-  for (const std::unique_ptr<Connection>& connection : connections_) {
-    AddConnectionCounters(*connection, stats);
-  }
 }
 
 }  // namespace nbdring

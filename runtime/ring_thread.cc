@@ -10,16 +10,14 @@
 
 namespace nbdring {
 
-absl::StatusOr<std::unique_ptr<RingThread>> RingThread::Start(
-    const nbd::ExportInfo& info, std::vector<PendingConnection> connections,
-    const RingOptions& options) {
+absl::StatusOr<std::unique_ptr<RingThread>> RingThread::Start(const RingOptions& options) {
   std::unique_ptr<RingThread> ring_thread(new RingThread());
   std::atomic<int> started{0};
   absl::Status start_status;
   RingThread* self = ring_thread.get();
   ring_thread->thread_ =
-      std::thread([self, &info, &connections, &options, &started, &start_status] {
-        self->Run(&info, &connections, &options, &started, &start_status);
+      std::thread([self, &options, &started, &start_status] {
+        self->Run(&options, &started, &start_status);
       });
   started.wait(0, std::memory_order_acquire);
   if (!start_status.ok()) {
@@ -29,8 +27,7 @@ absl::StatusOr<std::unique_ptr<RingThread>> RingThread::Start(
   return ring_thread;
 }
 
-void RingThread::Run(const nbd::ExportInfo* info, std::vector<PendingConnection>* pending,
-                     const RingOptions* options, std::atomic<int>* started,
+void RingThread::Run(const RingOptions* options, std::atomic<int>* started,
                      absl::Status* start_status) {
   auto report_started = [started] {
     started->store(1, std::memory_order_release);
@@ -49,7 +46,7 @@ void RingThread::Run(const nbd::ExportInfo* info, std::vector<PendingConnection>
       return;
     }
   }
-  auto loop = RingLoop::Create(*info, pending, *options);
+  auto loop = RingLoop::Create(*options);
   if (!loop.ok()) {
     *start_status = loop.status();
     report_started();

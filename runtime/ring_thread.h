@@ -7,9 +7,9 @@
 #ifndef NBDRING_RUNTIME_RING_THREAD_H_
 #define NBDRING_RUNTIME_RING_THREAD_H_
 
+#include <atomic>
 #include <memory>
 #include <thread>
-#include <vector>
 
 #include "absl/status/statusor.h"
 #include "runtime/ring_loop.h"
@@ -18,11 +18,9 @@ namespace nbdring {
 
 class RingThread {
  public:
-  // Starts the thread, which sets up its ring (the probe) and connections; returns once the
-  // ring is running or with the probe's error.
-  static absl::StatusOr<std::unique_ptr<RingThread>> Start(
-      const nbd::ExportInfo& info, std::vector<PendingConnection> connections,
-      const RingOptions& options);
+  // Starts the thread, which sets up its ring (the probe); returns once the ring is running
+  // or with the probe's error. Connections come later, in groups (RingLoop::Attach).
+  static absl::StatusOr<std::unique_ptr<RingThread>> Start(const RingOptions& options);
   ~RingThread();  // requests close and joins
 
   RingLoop& loop() { return *loop_; }
@@ -31,8 +29,7 @@ class RingThread {
 
  private:
   RingThread() = default;
-  void Run(const nbd::ExportInfo* info, std::vector<PendingConnection>* pending,
-           const RingOptions* options, std::atomic<int>* started, absl::Status* start_status);
+  void Run(const RingOptions* options, std::atomic<int>* started, absl::Status* start_status);
 
   std::unique_ptr<RingLoop> loop_;
   std::thread thread_;

@@ -66,6 +66,7 @@
 #include "nbdring/client_stats.h"
 #include "nbdring/log_level.h"
 #include "nbdring/operation.h"
+#include "nbdring/runtime.h"
 
 namespace nbdring {
 
@@ -80,6 +81,11 @@ struct ClientOptions {
   // Connections to open. More than one only if the server advertises CAN_MULTI_CONN; the
   // client then says so in Client::notes(). 0 means 1.
   int connections = 1;
+  // Rings shared with other clients (nbdring/runtime.h). With one, the client starts no rings
+  // of its own: its connections go to the runtime's rings, and `threads`, `ring_cpus` and the
+  // completion_batch_* fields below are the runtime's business (ignored here). Null: the
+  // client makes private rings as those fields say.
+  std::shared_ptr<Runtime> runtime;
   // Ring threads; connections are spread over them round-robin. They are named
   // "nbdring-ring-N" (N from 0), as ps and top show them.
   // 0: caller-driven — no thread is ever created. The thread that calls Connect owns the one
@@ -179,6 +185,10 @@ class Client {
   // Connects, negotiates, and starts the ring threads. Errors name the stage that failed
   // (URI, connect, handshake with the server's reply, io_uring set-up and why).
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const ClientOptions& options);
+  // The same with `options.runtime = runtime`: the client's connections join the runtime's
+  // rings (nbdring/runtime.h).
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const ClientOptions& options,
+                                                         std::shared_ptr<Runtime> runtime);
   // Negotiates over `fd`, a stream socket the caller already connected to the server (Unix,
   // TCP, vsock, or one end of a socketpair): for servers reached in ways a URI cannot say,
   // or inherited sockets. The client owns `fd` from this call on, even when it fails. One

@@ -11,6 +11,9 @@
 namespace nbdring {
 
 // Counters, summed over connections and rings. Read at any time from any thread.
+// enters, sqes, cqes and wakeups belong to rings: a client on a shared Runtime reports the
+// whole of each ring it is on, other clients' work included (Runtime::stats() counts each
+// ring once).
 struct ClientStats {
   uint64_t requests = 0;          // operations completed (a split request counts once)
   uint64_t wire_requests = 0;     // NBD requests sent (split parts count separately)
