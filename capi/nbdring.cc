@@ -20,9 +20,14 @@
 #include "absl/time/time.h"
 #include "nbd/errors.h"
 #include "nbdring/client.h"
+#include "nbdring/runtime.h"
 
 struct nbdring_options {
   nbdring::ClientOptions options;
+};
+
+struct nbdring_runtime {
+  std::shared_ptr<nbdring::Runtime> runtime;
 };
 
 namespace {
@@ -357,6 +362,51 @@ int nbdring_get_fd(nbdring_client* client) {
   if (fd < 0) {
     return Fail(EINVAL, "nbdring_get_fd: only a caller-driven client (option threads=0) has "
                         "an fd, on the thread that connected it");
+  }
+  return fd;
+}
+
+nbdring_runtime* nbdring_runtime_create(const nbdring_options* options) {
+  nbdring::RuntimeOptions runtime_options;
+  if (options != nullptr) {
+    runtime_options.threads = options->options.threads;
+    runtime_options.ring_cpus = options->options.ring_cpus;
+    runtime_options.completion_batch_delay = options->options.completion_batch_delay;
+    runtime_options.completion_batch_min_in_flight =
+        options->options.completion_batch_min_in_flight;
+  }
+  auto runtime = nbdring::Runtime::Create(runtime_options);
+  if (!runtime.ok()) {
+    FailWith(runtime.status(), "nbdring_runtime_create");
+    return nullptr;
+  }
+  return new nbdring_runtime{*std::move(runtime)};
+}
+
+void nbdring_runtime_destroy(nbdring_runtime* runtime) { delete runtime; }
+
+int nbdring_options_set_runtime(nbdring_options* options, nbdring_runtime* runtime) {
+  if (options == nullptr) return Fail(EFAULT, "nbdring_options_set_runtime: options is NULL");
+  options->options.runtime = runtime != nullptr ? runtime->runtime : nullptr;
+  return 0;
+}
+
+int nbdring_runtime_poll(nbdring_runtime* runtime, int timeout_ms) {
+  if (runtime == nullptr) return Fail(EFAULT, "nbdring_runtime_poll: runtime is NULL");
+  if (!CheckNotInCompletion("nbdring_runtime_poll")) return -1;
+  const absl::Duration timeout =
+      timeout_ms < 0 ? absl::InfiniteDuration() : absl::Milliseconds(timeout_ms);
+  absl::Status polled = runtime->runtime->Poll(timeout);
+  if (!polled.ok()) return FailWith(polled, "nbdring_runtime_poll");
+  return 0;
+}
+
+int nbdring_runtime_get_fd(nbdring_runtime* runtime) {
+  if (runtime == nullptr) return Fail(EFAULT, "nbdring_runtime_get_fd: runtime is NULL");
+  const int fd = runtime->runtime->fd();
+  if (fd < 0) {
+    return Fail(EINVAL, "nbdring_runtime_get_fd: only a caller-driven runtime (threads=0) has "
+                        "an fd, on the thread that created it");
   }
   return fd;
 }

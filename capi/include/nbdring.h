@@ -30,6 +30,7 @@ extern "C" {
 
 typedef struct nbdring_client nbdring_client;
 typedef struct nbdring_options nbdring_options;
+typedef struct nbdring_runtime nbdring_runtime;
 
 /* Request flags (NBD_CMD_FLAG_*), for the `flags` arguments. */
 #define NBDRING_CMD_FLAG_FUA 0x01u
@@ -146,6 +147,23 @@ int64_t nbdring_aio_flush(nbdring_client *client, nbdring_completion completion,
 int nbdring_aio_cancel(nbdring_client *client, int64_t cookie);
 /* Requests submitted and not yet completed. */
 int64_t nbdring_aio_in_flight(nbdring_client *client);
+
+/* Rings shared by many clients (C++: nbdring/runtime.h): a storage node talking to hundreds
+ * of exports runs one runtime of a few ring threads instead of threads per client. From
+ * `options` (NULL: defaults) it takes "threads" (0: caller-driven, turned by
+ * nbdring_runtime_poll on the creating thread), "ring_cpus" and "completion_batch_delay_us";
+ * other keys are the clients' business. A client connects onto it when its options carry it
+ * (nbdring_options_set_runtime); each connection goes to the ring with the fewest. Closing a
+ * client drains only its own connections. nbdring_runtime_destroy drops the caller's
+ * reference: the rings stop once no client attached to them is left open.
+ * nbdring_runtime_poll / nbdring_runtime_get_fd are nbdring_poll / nbdring_get_fd for every
+ * client of a caller-driven runtime at once. */
+nbdring_runtime *nbdring_runtime_create(const nbdring_options *options);
+void nbdring_runtime_destroy(nbdring_runtime *runtime);
+/* `runtime` NULL: the client makes rings of its own (the default). */
+int nbdring_options_set_runtime(nbdring_options *options, nbdring_runtime *runtime);
+int nbdring_runtime_poll(nbdring_runtime *runtime, int timeout_ms);
+int nbdring_runtime_get_fd(nbdring_runtime *runtime);
 
 /* Caller-driven mode (option "threads" = "0"): no thread is ever created; the thread that
  * called nbdring_connect owns the ring and must make these calls, and nbdring_close.

@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
@@ -435,3 +436,76 @@ TEST(CApiTest, BlockingCallsFromACompletionAreRefused) {
 }
 
 }  // namespace
+
+// Completions from several ring threads: counted atomically, the last one signals.
+struct SharedCounts {
+  std::atomic<int> completed{0};
+  std::atomic<int> failed{0};
+  int expected = 0;
+  Event all_done;
+};
+
+void CountSharedCompletion(void* user_data, int error) {
+  auto* counts = static_cast<SharedCounts*>(user_data);
+  if (error != 0) counts->failed.fetch_add(1);
+  if (counts->completed.fetch_add(1) + 1 == counts->expected) counts->all_done.Notify();
+}
+
+// Clients sharing one runtime, from C: threaded (2 ring threads) and caller-driven
+// (nbdring_runtime_poll turns every client). The runtime's handle may go before its clients.
+TEST(CApiTest, ClientsShareARuntime) {
+  auto server = StartServer({"memory", "16M"});
+  ASSERT_NE(server, nullptr);
+  EXPECT_EQ(nbdring_options_set_runtime(nullptr, nullptr), -1);
+  EXPECT_EQ(nbdring_get_errno(), EFAULT);
+  EXPECT_EQ(nbdring_runtime_poll(nullptr, 0), -1);
+  EXPECT_EQ(nbdring_get_errno(), EFAULT);
+
+  for (const char* threads : {"2", "0"}) {
+    const bool polled = std::string(threads) == "0";
+    nbdring_options* options = nbdring_options_create();
+    ASSERT_EQ(nbdring_options_set(options, "threads", threads), 0);
+    nbdring_runtime* runtime = nbdring_runtime_create(options);
+    ASSERT_NE(runtime, nullptr) << LastError();
+    if (polled) {
+      EXPECT_GE(nbdring_runtime_get_fd(runtime), 0) << LastError();
+    } else {
+      EXPECT_EQ(nbdring_runtime_get_fd(runtime), -1);
+      EXPECT_EQ(nbdring_runtime_poll(runtime, 0), -1);
+    }
+    ASSERT_EQ(nbdring_options_set_runtime(options, runtime), 0);
+    std::vector<nbdring_client*> clients;
+    for (int c = 0; c < 4; ++c) {
+      clients.push_back(nbdring_connect(server->uri().c_str(), options));
+      ASSERT_NE(clients.back(), nullptr) << LastError();
+    }
+    nbdring_options_destroy(options);  // the clients hold the runtime, not the options
+    std::vector<uint8_t> data(4 * 4096);
+    for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 7 + 3);
+    for (int c = 0; c < 4; ++c) {
+      ASSERT_EQ(nbdring_pwrite(clients[c], data.data() + c * 4096, 4096, c * 4096, 0), 0)
+          << LastError();
+    }
+    nbdring_runtime_destroy(runtime);  // the clients keep the rings running
+    std::vector<uint8_t> back(data.size());
+    SharedCounts counts;
+    counts.expected = 4;
+    for (int c = 0; c < 4; ++c) {
+      ASSERT_GT(nbdring_aio_pread(clients[c], back.data() + c * 4096, 4096, c * 4096,
+                                  &CountSharedCompletion, &counts, 0),
+                0)
+          << LastError();
+    }
+    if (polled) {
+      // Any client's poll turns the one shared ring.
+      const absl::Time deadline = absl::Now() + absl::Seconds(20);
+      while (!counts.all_done.notified() && absl::Now() < deadline) {
+        ASSERT_EQ(nbdring_poll(clients[1], 100), 0) << LastError();
+      }
+    }
+    ASSERT_TRUE(counts.all_done.WaitFor(absl::Seconds(20))) << threads;
+    EXPECT_EQ(counts.failed.load(), 0) << threads;
+    EXPECT_EQ(back, data) << threads;
+    for (nbdring_client* client : clients) EXPECT_EQ(nbdring_close(client), 0) << LastError();
+  }
+}

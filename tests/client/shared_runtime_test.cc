@@ -7,9 +7,11 @@
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -34,14 +36,24 @@ constexpr uint64_t kBlock = 4096;
 constexpr uint64_t kDiskBytes = 64 << 20;
 constexpr absl::Duration kWait = absl::Seconds(30);
 
-int ThreadCount() {
+// Threads of this process; with `name_prefix`, only those whose name starts with it.
+int ThreadCount(const std::string& name_prefix = "") {
   int count = 0;
   std::error_code error;
-  for ([[maybe_unused]] const auto& entry :
-       std::filesystem::directory_iterator("/proc/self/task", error)) {
-    ++count;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/task", error)) {
+    std::ifstream comm(entry.path() / "comm");
+    std::string name;
+    std::getline(comm, name);
+    if (name.rfind(name_prefix, 0) == 0) ++count;
   }
   return count;
+}
+
+// The thread count before the runtime: sanitizers start a helper thread with the process's
+// first thread, so one is started (and joined) first.
+int ThreadsBefore() {
+  std::thread([] {}).join();
+  return ThreadCount();
 }
 
 uint8_t ClientByte(int client, uint64_t offset) {
@@ -102,7 +114,7 @@ class SharedRuntimeTest : public ::testing::Test {
 TEST_F(SharedRuntimeTest, ManyClientsShareTwoRingThreadsAndEachGetsItsOwnData) {
   constexpr int kClients = 48;
   constexpr int kBlocksPerClient = 8;
-  const int threads_before = ThreadCount();
+  const int threads_before = ThreadsBefore();
   std::shared_ptr<Runtime> runtime = MakeRuntime(2);
   ASSERT_NE(runtime, nullptr);
   EXPECT_EQ(runtime->threads(), 2);
@@ -112,6 +124,7 @@ TEST_F(SharedRuntimeTest, ManyClientsShareTwoRingThreadsAndEachGetsItsOwnData) {
     ASSERT_NE(clients.back(), nullptr);
   }
   EXPECT_EQ(ThreadCount(), threads_before + 2);
+  EXPECT_EQ(ThreadCount("nbdring-ring-"), 2);
   EXPECT_EQ(runtime->connections(), kClients);
 
   // Clients c and c + 2 share a server: their regions must not overlap.
@@ -288,7 +301,7 @@ TEST_F(SharedRuntimeTest, BlockingCallsFromAnotherClientsCallbackAreRefused) {
 
 // Caller-driven runtime: no thread at all; the owner's Poll turns the ring for every client.
 TEST_F(SharedRuntimeTest, CallerDrivenRuntimeServesEveryClientFromPoll) {
-  const int threads_before = ThreadCount();
+  const int threads_before = ThreadsBefore();
   std::shared_ptr<Runtime> runtime = MakeRuntime(0);
   ASSERT_NE(runtime, nullptr);
   EXPECT_EQ(runtime->threads(), 0);
