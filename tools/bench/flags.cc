@@ -26,6 +26,10 @@ ABSL_FLAG(std::string, inflight_limit, "",
           "inflight_limit): a number from 1 to 65536, or auto (each connection adapts its own, "
           "up to 256); --iodepth stays the number the benchmark keeps outstanding, and "
           "requests over the limit wait in the client (default: the --iodepth value)");
+ABSL_FLAG(int, clients, 1,
+          "clients, each with --connections connections to the URI (many volumes on one "
+          "node): nbdring's share one runtime of --threads ring threads (nbdring::Runtime); "
+          "libnbd opens as many handles. Runs report the spread of per-connection IOPS");
 ABSL_FLAG(int, threads, 1,
           "nbdring: ring threads; libnbd: poll-loop threads the handles are spread over");
 ABSL_FLAG(absl::Duration, runtime, absl::Seconds(5),
@@ -73,7 +77,7 @@ namespace {
 
 // The flags in the order --help lists them.
 constexpr const char* kFlagOrder[] = {
-    "rw",      "rwmixread", "bs",     "iodepth", "inflight_limit", "connections", "threads",
+    "rw",      "rwmixread", "bs",     "iodepth", "inflight_limit", "connections", "clients", "threads",
     "runtime", "size",      "ramp",   "offset",  "range",       "verify",
     "engine",  "compare",   "rounds", "json",    "histogram",   "plot",        "cpus",
     "prefill", "batch_delay", "polled",
@@ -213,6 +217,7 @@ absl::StatusOr<BenchOptions> ParseCommandLine(const std::vector<std::string>& ar
   const Bounded bounded[] = {
       {"rwmixread", absl::GetFlag(FLAGS_rwmixread), 0, 100},
       {"threads", absl::GetFlag(FLAGS_threads), 1, 256},
+      {"clients", absl::GetFlag(FLAGS_clients), 1, 1024},
       {"rounds", absl::GetFlag(FLAGS_rounds), 1, 1000},
   };
   for (const Bounded& flag : bounded) {
@@ -244,6 +249,10 @@ absl::StatusOr<BenchOptions> ParseCommandLine(const std::vector<std::string>& ar
     }
   }
   options.threads = absl::GetFlag(FLAGS_threads);
+  options.clients = absl::GetFlag(FLAGS_clients);
+  if (options.clients > 1 && absl::GetFlag(FLAGS_polled)) {
+    return UsageError("--polled drives one client; it does not combine with --clients");
+  }
   options.rounds = absl::GetFlag(FLAGS_rounds);
 
   options.runtime = absl::GetFlag(FLAGS_runtime);

@@ -32,6 +32,7 @@ struct BenchOptions {
   std::vector<int> iodepths = {16};
   std::vector<int> connection_counts = {1};
   int threads = 1;
+  int clients = 1;  // each with `connections`; nbdring's share one Runtime
   // nbdring's ClientOptions::inflight_limit: -1 follows --iodepth (the limit is the depth the
   // benchmark keeps outstanding), 0 is "auto", N a fixed limit below or above the depth.
   int inflight_limit = -1;

@@ -230,18 +230,17 @@ void LibnbdBench::Loop(Worker& worker) {
 absl::StatusOr<RunResult> LibnbdBench::Execute() {
   std::vector<std::string> notes;
   // Connect everything before the clock starts. Like nbdring, open more than one connection
-  // only when the server says that is safe.
-  for (int i = 0; i < spec_.connections; ++i) {
+  // per client only when the server says that is safe; clients are independent handles.
+  int per_client = spec_.connections;
+  for (int i = 0; i < per_client * spec_.clients; ++i) {
     absl::StatusOr<Handle> handle = Connect();
     if (!handle.ok()) return handle.status();
-    if (i == 0 && spec_.connections > 1 && nbd_can_multi_conn(handle->get()) != 1) {
+    if (i == 0 && per_client > 1 && nbd_can_multi_conn(handle->get()) != 1) {
       notes.push_back(absl::StrCat(
           "libnbd: server does not advertise NBD_FLAG_CAN_MULTI_CONN: using 1 connection "
           "instead of ",
-          spec_.connections));
-      connections_.push_back(std::make_unique<Connection>());
-      connections_.back()->handle = *std::move(handle);
-      break;
+          per_client));
+      per_client = 1;
     }
     connections_.push_back(std::make_unique<Connection>());
     connections_.back()->handle = *std::move(handle);

@@ -90,6 +90,7 @@ absl::StatusOr<RunSpec> MakeRunSpec(const BenchOptions& options, const nbd::Expo
   spec.iodepth = options.iodepth;
   spec.connections = options.connections;
   spec.threads = options.threads;
+  spec.clients = options.clients;
   spec.ramp = options.ramp;
   spec.runtime = options.runtime;
   spec.size_limit = options.size_limit;

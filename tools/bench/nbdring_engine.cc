@@ -99,6 +99,7 @@ class NbdringBench;
 struct alignas(64) Slot {
   nbdring::Operation operation;
   NbdringBench* bench = nullptr;
+  nbdring::Client* client = nullptr;
   int64_t submitted_nanos = 0;
   SplitMix64 random;
   int stream = 0;
@@ -152,11 +153,35 @@ class NbdringBench {
   std::condition_variable drained_;
   int outstanding_ = 0;  // slots not yet retired
 
-  // Last, so they are destroyed first: the client's destructor (or the polling thread's
-  // Close) drains requests whose callbacks use the slots and the drain counter above.
-  std::unique_ptr<nbdring::Client> client_;
+  // Stats over every client; the ring counters once per ring.
+  nbdring::ClientStats SumStats() const;
+
+  // Last, so they are destroyed first: the clients' destructors (or the polling thread's
+  // Close) drain requests whose callbacks use the slots and the drain counter above.
+  std::shared_ptr<nbdring::Runtime> runtime_;  // --clients > 1: the rings they share
+  std::vector<std::unique_ptr<nbdring::Client>> clients_;
   PollingThread polling_;
 };
+
+nbdring::ClientStats NbdringBench::SumStats() const {
+  nbdring::ClientStats sum;
+  for (const std::unique_ptr<nbdring::Client>& client : clients_) {
+    const nbdring::ClientStats one = client->stats();
+    sum.requests += one.requests;
+    sum.enters += one.enters;
+    sum.sqes += one.sqes;
+    sum.inflight_limit += one.inflight_limit;
+    for (int i = 0; i < nbdring::LatencyHistogram::kBucketCount; ++i) {
+      sum.wire_latency.Add(i, one.wire_latency.bucket_count(i), 0);
+    }
+  }
+  if (runtime_ != nullptr) {
+    const nbdring::RuntimeStats rings = runtime_->stats();
+    sum.enters = rings.enters;
+    sum.sqes = rings.sqes;
+  }
+  return sum;
+}
 
 void NbdringBench::Issue(Slot& slot) {
   bool read = false;
@@ -185,7 +210,7 @@ void NbdringBench::Issue(Slot& slot) {
     FillPattern(offset, static_cast<uint8_t*>(operation.buffer), operation.length);
   }
   slot.submitted_nanos = Run::NowNanos();
-  client_->Submit(&operation);
+  slot.client->Submit(&operation);
 }
 
 void NbdringBench::OnComplete(nbdring::Operation* operation, const absl::Status& status) {
@@ -227,12 +252,28 @@ absl::StatusOr<RunResult> NbdringBench::Execute() {
   options.inflight_limit = static_cast<uint32_t>(
       spec_.inflight_limit < 0 ? spec_.iodepth : spec_.inflight_limit);
   options.completion_batch_delay = spec_.batch_delay;
-  absl::StatusOr<std::unique_ptr<nbdring::Client>> client =
-      spec_.polled ? polling_.Start(options) : ConnectClient(options);
-  if (!client.ok()) return client.status();
-  client_ = *std::move(client);
+  if (spec_.clients > 1) {
+    nbdring::RuntimeOptions runtime_options;
+    runtime_options.threads = spec_.threads;
+    runtime_options.completion_batch_delay = spec_.batch_delay;
+    absl::StatusOr<std::shared_ptr<nbdring::Runtime>> runtime =
+        nbdring::Runtime::Create(runtime_options);
+    if (!runtime.ok()) return runtime.status();
+    runtime_ = *std::move(runtime);
+    options.runtime = runtime_;
+  }
+  for (int c = 0; c < spec_.clients; ++c) {
+    absl::StatusOr<std::unique_ptr<nbdring::Client>> client =
+        spec_.polled ? polling_.Start(options) : ConnectClient(options);
+    if (!client.ok()) return client.status();
+    clients_.push_back(*std::move(client));
+  }
 
-  const int connections = std::max(1, client_->connections());
+  // Each client's connections carry iodepth requests each.
+  int connections = 0;
+  for (const std::unique_ptr<nbdring::Client>& client : clients_) {
+    connections += std::max(1, client->connections());
+  }
   streams_ = connections;
   cursors_ = std::make_unique<StreamCursor[]>(static_cast<size_t>(streams_));
   slot_count_ = spec_.iodepth * connections;
@@ -241,9 +282,17 @@ absl::StatusOr<RunResult> NbdringBench::Execute() {
   if (!buffers.ok()) return buffers.status();
   buffers_ = *std::move(buffers);
   slots_ = std::make_unique<Slot[]>(static_cast<size_t>(slot_count_));
+  size_t client_index = 0;
+  int client_slots_left = spec_.iodepth * std::max(1, clients_[0]->connections());
   for (int i = 0; i < slot_count_; ++i) {
+    if (client_slots_left == 0) {
+      ++client_index;
+      client_slots_left = spec_.iodepth * std::max(1, clients_[client_index]->connections());
+    }
+    --client_slots_left;
     Slot& slot = slots_[i];
     slot.bench = this;
+    slot.client = clients_[client_index].get();
     slot.random = SplitMix64(SplitMix64::Mix(static_cast<uint64_t>(i) + 1));
     slot.stream = i % streams_;
     nbdring::Operation& operation = slot.operation;
@@ -259,7 +308,7 @@ absl::StatusOr<RunResult> NbdringBench::Execute() {
   }
   // Let the client refuse what it would refuse on every I/O (alignment, size limits) once,
   // with its own message, before the clock starts.
-  if (absl::Status valid = client_->Validate(slots_[0].operation); !valid.ok()) {
+  if (absl::Status valid = clients_[0]->Validate(slots_[0].operation); !valid.ok()) {
     return absl::Status(valid.code(),
                         absl::StrCat("nbdring refuses the workload's requests: ", valid.message()));
   }
@@ -270,11 +319,13 @@ absl::StatusOr<RunResult> NbdringBench::Execute() {
   std::optional<nbdring::ClientStats> window_begin;
   std::optional<nbdring::ClientStats> window_end;
   run_.Measure([&] {
-    const nbdring::ClientStats stats = client_->stats();
+    const nbdring::ClientStats stats = SumStats();
     (window_begin ? window_end : window_begin) = stats;
     EngineCounters counters{stats.enters, stats.sqes, {}};
-    for (const nbdring::ClientStats& connection : client_->connection_stats()) {
-      counters.connection_ios.push_back(connection.requests);
+    for (const std::unique_ptr<nbdring::Client>& client : clients_) {
+      for (const nbdring::ClientStats& connection : client->connection_stats()) {
+        counters.connection_ios.push_back(connection.requests);
+      }
     }
     return counters;
   });
@@ -282,8 +333,9 @@ absl::StatusOr<RunResult> NbdringBench::Execute() {
     std::unique_lock<std::mutex> lock(drain_mutex_);
     drained_.wait(lock, [this] { return outstanding_ == 0; });
   }
-  RunResult result = run_.Result(connections, client_->threads());
-  result.notes = client_->notes();
+  RunResult result = run_.Result(
+      connections, runtime_ != nullptr ? runtime_->threads() : clients_[0]->threads());
+  result.notes = clients_[0]->notes();
   if (window_end) {
     result.inflight_limit = window_end->inflight_limit;
     nbdring::LatencyHistogram wire;
@@ -298,7 +350,11 @@ absl::StatusOr<RunResult> NbdringBench::Execute() {
   }
   absl::Status status = run_.status();
   if (spec_.polled) polling_.Stop();  // closes the client on its owner thread
-  absl::Status closed = client_->Close();
+  absl::Status closed;
+  for (const std::unique_ptr<nbdring::Client>& client : clients_) {
+    absl::Status one = client->Close();
+    if (closed.ok()) closed = one;
+  }
   if (!status.ok()) return status;
   if (!closed.ok()) {
     return absl::Status(closed.code(),

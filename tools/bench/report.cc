@@ -113,6 +113,7 @@ std::string WorkloadLineWith(const RunSpec& spec, absl::string_view iodepth,
   std::string line =
       absl::StrFormat("%s bs=%d iodepth=%s connections=%s threads=%d", ReadWriteName(spec.rw),
                       spec.block_size, iodepth, connections, spec.threads);
+  if (spec.clients > 1) absl::StrAppend(&line, " clients=", spec.clients);
   if (spec.rw == ReadWrite::kRandRw) absl::StrAppend(&line, " rwmixread=", spec.read_percent);
   if (spec.inflight_limit >= 0) {
     absl::StrAppend(&line, " inflight_limit=",

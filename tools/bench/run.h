@@ -41,8 +41,11 @@ struct RunSpec {
   int read_percent = 70;  // randrw only
   uint64_t block_size = 4096;
   int iodepth = 16;  // per connection
-  int connections = 1;
+  int connections = 1;  // per client
   int threads = 1;
+  // Clients, each with `connections`: nbdring's attach to one shared Runtime of `threads`
+  // ring threads; libnbd opens clients x connections handles.
+  int clients = 1;
   absl::Duration ramp = absl::Seconds(1);
   absl::Duration runtime = absl::Seconds(5);  // zero: no time limit (then size_limit is set)
   uint64_t size_limit = 0;                    // bytes to count; zero: no limit
