@@ -96,11 +96,6 @@ absl::StatusOr<std::unique_ptr<Client>> Client::ConnectWith(const ClientOptions&
         "threads must be 0 (caller-driven: Poll) or a number of ring threads, got ",
         options.threads));
   }
-  if (caller_driven && options.reconnect) {
-    return absl::InvalidArgumentError(
-        "reconnect needs ring threads (threads >= 1): in caller-driven mode (threads = 0) a "
-        "lost connection is not re-established");
-  }
   if (caller_driven && !options.ring_cpus.empty()) {
     return absl::InvalidArgumentError(
         "ring_cpus needs ring threads (threads >= 1): with threads = 0 the ring runs on the "
@@ -223,27 +218,29 @@ absl::StatusOr<std::unique_ptr<Client>> Client::ConnectWith(const ClientOptions&
       connection_options.reconnect_delay_ns =
           RingNanoseconds(options.reconnect_delay, /*zero_is_none=*/false, INT64_MAX);
       connection_options.reconnect_attempts = std::max(options.reconnect_attempts, 0);
-      connection_options.reconnect = [options, address = *address, info, tls = *tls](
-                                         absl::Time deadline,
-                                         int abort_fd) -> absl::StatusOr<Reconnected> {
-        ClientOptions attempt = options;
-        attempt.connect_timeout = std::min(options.connect_timeout, deadline - absl::Now());
-        auto negotiated = OpenAndNegotiate(
-            attempt, address, nbd::HandshakeOptions::Goal::kTransmission, tls, abort_fd);
-        if (!negotiated.ok()) return negotiated.status();
-        const ExportInfo& again = negotiated->info;
-        if (again.size != info.size || again.transmission_flags != info.transmission_flags ||
-            again.reply_mode != info.reply_mode || !SameMetaContextNames(again, info)) {
-          return absl::FailedPreconditionError(
-              "the server offers a different export after reconnecting (size, flags, reply "
-              "mode or meta contexts changed)");
-        }
-        if ((negotiated->tls != nullptr) != info.tls) {
-          return absl::FailedPreconditionError(
-              "the server's TLS support changed after reconnecting");
-        }
-        return Reconnected{std::move(negotiated->fd), std::move(negotiated->tls), again};
-      };
+      if (caller_driven) {
+        // No thread: attempts run as non-blocking steps inside Poll's turns.
+        auto plan = std::make_shared<RingReconnectPlan>();
+        plan->negotiation = MakeNegotiationPlan(
+            options, *address, nbd::HandshakeOptions::Goal::kTransmission, *tls);
+        plan->connect_timeout_ns =
+            RingNanoseconds(options.connect_timeout, /*zero_is_none=*/false, INT64_MAX);
+        plan->check = [info](const Negotiated& again) { return CheckSameExport(info, again); };
+        connection_options.ring_reconnect = std::move(plan);
+      } else {
+        connection_options.reconnect = [options, address = *address, info, tls = *tls](
+                                           absl::Time deadline,
+                                           int abort_fd) -> absl::StatusOr<Reconnected> {
+          ClientOptions attempt = options;
+          attempt.connect_timeout = std::min(options.connect_timeout, deadline - absl::Now());
+          auto negotiated = OpenAndNegotiate(
+              attempt, address, nbd::HandshakeOptions::Goal::kTransmission, tls, abort_fd);
+          if (!negotiated.ok()) return negotiated.status();
+          if (absl::Status same = CheckSameExport(info, *negotiated); !same.ok()) return same;
+          return Reconnected{std::move(negotiated->fd), std::move(negotiated->tls),
+                             negotiated->info};
+        };
+      }
     }
     per_thread[i % threads].push_back(
         {std::move(sockets[i].fd), std::move(sockets[i].tls), std::move(sockets[i].info),
