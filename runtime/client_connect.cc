@@ -41,16 +41,8 @@ Reconnector::Attempt ReconnectAttempt(const ClientOptions& options, const nbd::N
     auto negotiated = OpenAndNegotiate(attempt, address,
                                        nbd::HandshakeOptions::Goal::kTransmission, tls, abort_fd);
     if (!negotiated.ok()) return negotiated.status();
+    if (absl::Status same = CheckSameExport(info, *negotiated); !same.ok()) return same;
     const ExportInfo& again = negotiated->info;
-    if (again.size != info.size || again.transmission_flags != info.transmission_flags ||
-        again.reply_mode != info.reply_mode || !SameMetaContextNames(again, info)) {
-      return absl::FailedPreconditionError(
-          "the server offers a different export after reconnecting (size, flags, reply "
-          "mode or meta contexts changed)");
-    }
-    if ((negotiated->tls != nullptr) != info.tls) {
-      return absl::FailedPreconditionError("the server's TLS support changed after reconnecting");
-    }
     return Reconnected{std::move(negotiated->fd), std::move(negotiated->tls), again};
   };
 }
@@ -124,11 +116,6 @@ absl::StatusOr<std::unique_ptr<Client>> Client::ConnectWith(const ClientOptions&
   }
   const bool caller_driven =
       shared_pool != nullptr ? shared_pool->polled() != nullptr : options.threads == 0;
-  if (caller_driven && options.reconnect) {
-    return absl::InvalidArgumentError(
-        "reconnect needs ring threads (threads >= 1): in caller-driven mode (threads = 0) a "
-        "lost connection is not re-established");
-  }
   if (wanted_connections > 1024) {
     return absl::InvalidArgumentError(
         absl::StrCat("connections must be between 1 and 1024, got ", wanted_connections));
@@ -267,8 +254,19 @@ absl::StatusOr<std::unique_ptr<Client>> Client::ConnectWith(const ClientOptions&
       connection_options.reconnect_delay_ns =
           RingNanoseconds(options.reconnect_delay, /*zero_is_none=*/false, INT64_MAX);
       connection_options.reconnect_attempts = std::max(options.reconnect_attempts, 0);
-      connection_options.wake_ring = [loop] { loop->Wake(); };
-      connection_options.reconnect = ReconnectAttempt(options, *address, info, *tls);
+      if (caller_driven) {
+        // No thread: attempts run as non-blocking steps inside the turns of the ring.
+        auto plan = std::make_shared<RingReconnectPlan>();
+        plan->negotiation = MakeNegotiationPlan(
+            options, *address, nbd::HandshakeOptions::Goal::kTransmission, *tls);
+        plan->connect_timeout_ns =
+            RingNanoseconds(options.connect_timeout, /*zero_is_none=*/false, INT64_MAX);
+        plan->check = [info](const Negotiated& again) { return CheckSameExport(info, again); };
+        connection_options.ring_reconnect = std::move(plan);
+      } else {
+        connection_options.wake_ring = [loop] { loop->Wake(); };
+        connection_options.reconnect = ReconnectAttempt(options, *address, info, *tls);
+      }
     }
     Reconnected& socket = sockets[static_cast<size_t>(i)];
     // Built here, started by the loop when it adopts the group (a Connection touches its

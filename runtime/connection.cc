@@ -55,6 +55,12 @@ Connection::Connection(Ring* ring, FileDescriptor fd, std::unique_ptr<TlsSession
   if (options_.reconnect != nullptr) {
     reconnector_ = std::make_unique<Reconnector>(options_.reconnect, options_.wake_ring,
                                                  options_.reconnect_attempts);
+  } else if (options_.ring_reconnect != nullptr) {
+    // The outcome is adopted the moment the series ends (inside a completion handler of this
+    // ring), so the turn that ends flushes the requests that waited for it.
+    reconnector_ = std::make_unique<RingReconnector>(ring_, *options_.ring_reconnect,
+                                                     options_.reconnect_attempts,
+                                                     [this] { PollReconnect(); });
   }
 }
 

@@ -67,6 +67,7 @@
 #include "runtime/operation_queue.h"
 #include "runtime/reconnector.h"
 #include "runtime/ring.h"
+#include "runtime/ring_reconnector.h"
 #include "runtime/socket.h"
 #include "runtime/tls_session.h"
 
@@ -84,10 +85,13 @@ struct ConnectionOptions {
   uint64_t max_effect_part = UINT32_MAX;                // TRIM/WRITE_ZEROES/CACHE split size
   std::string description;  // "connection 1 to nbd+unix:///?socket=..." for messages
   int index = 0;            // position among the client's connections
-  // Set when reconnecting is on: opens and negotiates a new socket to the same export (runs
-  // on a Reconnector's helper thread), and wakes the owning ring when an attempt series ends.
+  // Reconnecting, one of the two (neither: off). With ring threads, `reconnect` opens and
+  // negotiates a new socket to the same export on a Reconnector's helper thread, which wakes
+  // the owning ring when an attempt series ends. In caller-driven mode, `ring_reconnect`
+  // plans attempts a RingReconnector runs inside the ring's turns, with no thread.
   Reconnector::Attempt reconnect;
   std::function<void()> wake_ring;
+  std::shared_ptr<const RingReconnectPlan> ring_reconnect;
   int64_t reconnect_delay_ns = 0;
   int reconnect_attempts = 0;  // per loss; 0: no limit but the delay
   std::shared_ptr<const Logger> logger;  // null: logging off
@@ -143,6 +147,12 @@ class Connection : private nbd::RequestLookup {
   void Disconnect();
 
   State state() const { return state_; }
+  // Closed, and nothing of it left in the ring's kernel queue: it may be destroyed while the
+  // ring goes on (a shared Runtime's ring outlives the clients on it).
+  bool quiescent() const {
+    return state_ == State::kClosed &&
+           (reconnector_ == nullptr || !reconnector_->holds_ring_operations());
+  }
   bool usable() const { return state_ == State::kOpen; }
   // Reconnecting, or about to (dying from a loss it will reconnect after): new requests may
   // wait in its queue for the new connection.
@@ -289,7 +299,7 @@ class Connection : private nbd::RequestLookup {
   ConnectionCounters counters_;
 
   // Reconnecting (null when off).
-  std::unique_ptr<Reconnector> reconnector_;
+  std::unique_ptr<ReconnectSeries> reconnector_;
   // Meta contexts: the client's list, and this connection's wire id -> the client's id.
   std::vector<nbd::MetaContext> client_contexts_;
   std::vector<std::pair<uint32_t, uint32_t>> context_ids_;

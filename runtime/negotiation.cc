@@ -1,15 +1,50 @@
 #include "runtime/negotiation.h"
 
+#include <poll.h>
+
+#include <cerrno>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 
 namespace nbdring {
 namespace {
 
-nbd::HandshakeOptions MakeHandshakeOptions(const ClientOptions& options,
-                                           const nbd::NbdUri& address,
-                                           nbd::HandshakeOptions::Goal goal,
-                                           const TlsPlan& tls) {
+// poll()'s timeout until `deadline`: -1 (no limit) for an infinite deadline, else at most
+// 1000 s per call (the caller loops).
+int RemainingMilliseconds(absl::Time deadline) {
+  if (deadline == absl::InfiniteFuture()) return -1;
+  absl::Duration left = deadline - absl::Now();
+  if (left <= absl::ZeroDuration()) return 0;
+  if (left >= absl::Seconds(1000)) return 1000000;
+  return static_cast<int>(absl::ToInt64Milliseconds(left) + 1);
+}
+
+// Waits until `fd` is ready for `events`. DeadlineExceeded names `stage`; CancelledError when
+// `abort_fd` (if >= 0) became readable first.
+absl::Status WaitFor(int fd, short events, absl::Time deadline, absl::string_view stage,
+                     int abort_fd) {
+  while (true) {
+    pollfd poll_fds[2] = {{fd, events, 0}, {abort_fd, POLLIN, 0}};
+    int ready = poll(poll_fds, abort_fd >= 0 ? 2 : 1, RemainingMilliseconds(deadline));
+    if (ready > 0) {
+      if (abort_fd >= 0 && poll_fds[1].revents != 0) {
+        return absl::CancelledError(absl::StrCat("aborted while ", stage));
+      }
+      return absl::OkStatus();
+    }
+    if (ready == 0) {
+      if (absl::Now() < deadline) continue;  // a slice of a long wait ended
+      return absl::DeadlineExceededError(absl::StrCat("timed out ", stage));
+    }
+    if (errno != EINTR) return ErrnoError(absl::StrCat("poll while ", stage), errno);
+  }
+}
+
+}  // namespace
+
+NegotiationPlan MakeNegotiationPlan(const ClientOptions& options, const nbd::NbdUri& address,
+                                    nbd::HandshakeOptions::Goal goal, const TlsPlan& tls) {
   nbd::HandshakeOptions handshake;
   handshake.tls = tls.mode;
   handshake.goal = goal;
@@ -18,10 +53,8 @@ nbd::HandshakeOptions MakeHandshakeOptions(const ClientOptions& options,
   handshake.extended_headers = options.extended_headers;
   handshake.meta_contexts = options.meta_contexts;
   handshake.request_block_size = true;
-  return handshake;
+  return NegotiationPlan{address, std::move(handshake), tls.context};
 }
-
-}  // namespace
 
 absl::StatusOr<nbd::NbdUri> ResolveAddress(const ClientOptions& options) {
   if (options.uri.empty()) return options.address;
@@ -91,20 +124,17 @@ absl::StatusOr<Negotiated> OpenAndNegotiate(const ClientOptions& options,
                                             const TlsPlan& tls, int abort_fd,
                                             FileDescriptor* given_socket) {
   absl::Time deadline = absl::Now() + options.connect_timeout;
-  absl::StatusOr<FileDescriptor> fd =
-      given_socket != nullptr ? absl::StatusOr<FileDescriptor>(std::move(*given_socket))
-                              : ConnectTo(address, deadline, abort_fd);
-  if (!fd.ok()) return fd.status();
-  nbd::Handshake handshake(MakeHandshakeOptions(options, address, goal, tls));
-  std::unique_ptr<TlsSession> session;
-  absl::Status status = RunHandshake(fd->get(), handshake, deadline, abort_fd, tls.context, &session);
-  if (!status.ok()) {
-    return absl::Status(status.code(), absl::StrCat("handshake with ", address.ToString(),
-                                                    " failed: ", status.message()));
+  ResumableNegotiation negotiation(MakeNegotiationPlan(options, address, goal, tls));
+  using Want = ResumableNegotiation::Want;
+  Want want = negotiation.Start(given_socket);
+  while (want == Want::kReadable || want == Want::kWritable) {
+    absl::Status ready = WaitFor(negotiation.fd(), want == Want::kReadable ? POLLIN : POLLOUT,
+                                 deadline, negotiation.stage(), abort_fd);
+    if (!ready.ok()) return negotiation.Abandon(ready);
+    want = negotiation.Step();
   }
-  Negotiated negotiated{*std::move(fd), std::move(session), handshake.export_info(),
-                        handshake.exports(), handshake.listed_meta_contexts()};
-  return negotiated;
+  if (want == Want::kFailed) return negotiation.status();
+  return negotiation.Take();
 }
 
 bool SameMetaContextNames(const ExportInfo& a, const ExportInfo& b) {
@@ -113,6 +143,20 @@ bool SameMetaContextNames(const ExportInfo& a, const ExportInfo& b) {
     if (b.FindMetaContext(context.name) == nullptr) return false;
   }
   return true;
+}
+
+absl::Status CheckSameExport(const ExportInfo& first, const Negotiated& again) {
+  const ExportInfo& info = again.info;
+  if (info.size != first.size || info.transmission_flags != first.transmission_flags ||
+      info.reply_mode != first.reply_mode || !SameMetaContextNames(info, first)) {
+    return absl::FailedPreconditionError(
+        "the server offers a different export after reconnecting (size, flags, reply mode or "
+        "meta contexts changed)");
+  }
+  if ((again.tls != nullptr) != first.tls) {
+    return absl::FailedPreconditionError("the server's TLS support changed after reconnecting");
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace nbdring

@@ -1,6 +1,7 @@
 // runtime/negotiation.h — from options to a negotiated socket: the address (URI or
-// ClientOptions::address), the TLS plan, and one connect + handshake (blocking, bounded by
-// connect_timeout). Client::Connect, the reconnect attempts and QueryExport/ListExports use it.
+// ClientOptions::address), the TLS plan, and one blocking connect + handshake (the step
+// machine of runtime/resumable_negotiation.h driven with poll(), bounded by connect_timeout).
+// Client::Connect, the threaded reconnect attempts and QueryExport/ListExports use it.
 #ifndef NBDRING_RUNTIME_NEGOTIATION_H_
 #define NBDRING_RUNTIME_NEGOTIATION_H_
 
@@ -13,6 +14,7 @@
 #include "nbd/handshake.h"
 #include "nbd/uri.h"
 #include "nbdring/client.h"
+#include "runtime/resumable_negotiation.h"
 #include "runtime/socket.h"
 #include "runtime/tls_context.h"
 #include "runtime/tls_session.h"
@@ -28,13 +30,10 @@ struct TlsPlan {
 };
 absl::StatusOr<TlsPlan> PlanTls(const ClientOptions& options, const nbd::NbdUri& address);
 
-struct Negotiated {
-  FileDescriptor fd;
-  std::unique_ptr<TlsSession> tls;  // null for plain text
-  nbd::ExportInfo info;
-  std::vector<nbd::ExportListing> exports;
-  std::vector<std::string> meta_contexts;
-};
+// What one connect + handshake towards `goal` needs, from the client's options.
+NegotiationPlan MakeNegotiationPlan(const ClientOptions& options, const nbd::NbdUri& address,
+                                    nbd::HandshakeOptions::Goal goal, const TlsPlan& tls);
+
 // Connects to `address` (or takes `given_socket`, when not null) and negotiates towards
 // `goal`; gives up with CancelledError as soon as `abort_fd` (if >= 0) is readable.
 absl::StatusOr<Negotiated> OpenAndNegotiate(const ClientOptions& options,
@@ -46,6 +45,10 @@ absl::StatusOr<Negotiated> OpenAndNegotiate(const ClientOptions& options,
 // The same meta contexts by name (ids may differ: the spec lets a server number them per
 // connection).
 bool SameMetaContextNames(const ExportInfo& a, const ExportInfo& b);
+
+// A reconnect must find the export the client reported: the same size, flags, reply mode,
+// meta contexts (by name) and TLS. FailedPrecondition says what changed.
+absl::Status CheckSameExport(const ExportInfo& first, const Negotiated& again);
 
 }  // namespace nbdring
 

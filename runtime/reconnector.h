@@ -1,4 +1,5 @@
-// runtime/reconnector.h — re-establishes one lost connection, off the ring's thread.
+// runtime/reconnector.h — re-establishes one lost connection, off the ring's thread (ring
+// threads mode; caller-driven mode uses RingReconnector, which needs no thread).
 //
 // A series of attempts runs on a helper thread (connect + handshake block, and must not stall
 // the ring): attempt, back off 100 ms doubling to 2 s, attempt again, until one succeeds or
@@ -18,19 +19,11 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "nbd/export_info.h"
-#include "runtime/socket.h"
-#include "runtime/tls_session.h"
+#include "runtime/reconnect_series.h"
 
 namespace nbdring {
 
-// A new socket to the same export, negotiated, and what it negotiated.
-struct Reconnected {
-  FileDescriptor fd;
-  std::unique_ptr<TlsSession> tls;  // null for plain text
-  nbd::ExportInfo info;
-};
-
-class Reconnector {
+class Reconnector : public ReconnectSeries {
  public:
   // One attempt: connect and negotiate before `deadline`, giving up with CancelledError as
   // soon as `abort_fd` is readable.
@@ -38,17 +31,17 @@ class Reconnector {
 
   // `max_attempts` per series; 0: as many as fit before the deadline.
   Reconnector(Attempt attempt, std::function<void()> wake_ring, int max_attempts = 0);
-  ~Reconnector();  // Abort()
+  ~Reconnector() override;  // Abort()
   Reconnector(const Reconnector&) = delete;
   Reconnector& operator=(const Reconnector&) = delete;
 
   // Starts a series of attempts that ends by `deadline`. Not while one runs; not after Abort.
-  void Start(absl::Time deadline);
+  void Start(absl::Time deadline) override;
   // The outcome of the series once it ended (the thread is joined then), else nothing.
-  std::optional<absl::StatusOr<Reconnected>> TakeResult();
+  std::optional<absl::StatusOr<Reconnected>> TakeResult() override;
   // Stops for good: a running attempt returns promptly and the thread is joined.
-  void Abort();
-  bool aborted() const { return aborted_; }
+  void Abort() override;
+  bool aborted() const override { return aborted_; }
 
  private:
   void RunSeries(absl::Time deadline);

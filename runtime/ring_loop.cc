@@ -310,7 +310,7 @@ bool RingLoop::ProgressDetaches() {
     bool closed = group->local_failures == 0;
     for (const std::unique_ptr<Connection>& connection : group->connections) {
       idle = idle && (connection->idle() || connection->state() != Connection::State::kOpen);
-      closed = closed && connection->state() == Connection::State::kClosed;
+      closed = closed && connection->quiescent();
     }
     if (idle && !closed) {
       for (const std::unique_ptr<Connection>& connection : group->connections) {
@@ -318,7 +318,7 @@ bool RingLoop::ProgressDetaches() {
       }
       closed = group->local_failures == 0;
       for (const std::unique_ptr<Connection>& connection : group->connections) {
-        closed = closed && connection->state() == Connection::State::kClosed;
+        closed = closed && connection->quiescent();
       }
     }
     if (!closed) continue;

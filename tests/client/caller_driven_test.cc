@@ -226,9 +226,6 @@ TEST_F(CallerDrivenTest, RefusesWhatNeedsThreadsAndCallsFromTheWrongThread) {
   ClientOptions options;
   options.uri = server_->uri();
   options.threads = 0;
-  options.reconnect = true;
-  EXPECT_EQ(Client::Connect(options).status().code(), absl::StatusCode::kInvalidArgument);
-  options.reconnect = false;
   options.ring_cpus = {0};
   EXPECT_EQ(Client::Connect(options).status().code(), absl::StatusCode::kInvalidArgument);
   options.ring_cpus.clear();

@@ -331,3 +331,56 @@ TEST_F(SharedRuntimeTest, CallerDrivenRuntimeServesEveryClientFromPoll) {
 
 }  // namespace
 }  // namespace nbdring
+
+namespace nbdring {
+namespace {
+
+// A client closed while it waits to reconnect (caller-driven: the back-off is a timer in the
+// shared ring) leaves nothing of itself in the ring: the ring goes on serving the others
+// after the client is destroyed (under ASan, a late completion into it would be caught).
+TEST_F(SharedRuntimeTest, ClosingAReconnectingClientLeavesTheSharedRingSound) {
+  std::shared_ptr<Runtime> runtime = MakeRuntime(0);
+  ASSERT_NE(runtime, nullptr);
+  auto doomed = ServerProcess::StartNbdkit({"memory", "64M"});
+  ASSERT_TRUE(doomed.ok()) << doomed.status();
+  ClientOptions reconnecting;
+  reconnecting.uri = (*doomed)->uri();
+  reconnecting.reconnect = true;
+  reconnecting.reconnect_delay = absl::Seconds(30);
+  auto lost = Client::Connect(reconnecting, runtime);
+  ASSERT_TRUE(lost.ok()) << lost.status();
+  std::unique_ptr<Client> kept = ConnectTo(qemu_->uri(), runtime);
+  ASSERT_NE(kept, nullptr);
+
+  (*doomed)->Kill(SIGKILL);
+  (*doomed)->Wait().IgnoreError();
+  CompletionTracker waiting;
+  std::vector<uint8_t> buffer(kBlock);
+  (*lost)->Pread(buffer.data(), kBlock, 0, waiting.Callback());
+  // Long enough to see the loss and fail a first attempt: the back-off timer is armed.
+  const absl::Time until = absl::Now() + absl::Milliseconds(300);
+  while (absl::Now() < until) ASSERT_TRUE(runtime->Poll(absl::Milliseconds(20)).ok());
+  EXPECT_EQ(waiting.completed(), 0u);  // still waiting for a new connection
+
+  const absl::Time closing = absl::Now();
+  ASSERT_TRUE((*lost)->Close().ok());
+  EXPECT_LT(absl::Now() - closing, absl::Seconds(5));
+  EXPECT_EQ(waiting.completed(), 1u);
+  EXPECT_EQ(waiting.first_error().code(), absl::StatusCode::kUnavailable) << waiting.first_error();
+  lost->reset();
+
+  CompletionTracker reads;
+  for (int round = 0; round < 20; ++round) {
+    kept->Pread(buffer.data(), kBlock, 0, reads.Callback());
+    const absl::Time deadline = absl::Now() + kWait;
+    while (reads.completed() < reads.submitted() && absl::Now() < deadline) {
+      ASSERT_TRUE(runtime->Poll(absl::Milliseconds(20)).ok());
+    }
+  }
+  EXPECT_EQ(reads.completed(), 20u);
+  EXPECT_EQ(reads.failed(), 0u) << reads.first_error();
+  EXPECT_TRUE(kept->Close().ok());
+}
+
+}  // namespace
+}  // namespace nbdring

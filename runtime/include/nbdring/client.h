@@ -40,6 +40,7 @@
 //  * *Sync calls on the owner thread turn the ring themselves until their request is done;
 //    from other threads they wait for the owner's Poll to complete them.
 //  * Close on the owner thread turns the ring until everything completed (close_timeout).
+//  * With `reconnect`, a lost connection is re-established inside Poll's turns, no thread.
 //
 // Buffers: a read's buffer receives data straight from the socket when the payload is large
 // (no copy); small payloads are copied from the connection's receive buffer. A write's buffer
@@ -90,7 +91,8 @@ struct ClientOptions {
   // "nbdring-ring-N" (N from 0), as ps and top show them.
   // 0: caller-driven — no thread is ever created. The thread that calls Connect owns the one
   // ring (all connections) and turns it with Poll(); callbacks run inside Poll on that thread.
-  // See "Caller-driven mode" below. Not with `reconnect` or `ring_cpus`.
+  // See "Caller-driven mode" below. Not with `ring_cpus`; with `reconnect`, attempts run
+  // inside Poll too (no thread either).
   int threads = 1;
   // CPUs to pin the ring threads to: ring N runs on ring_cpus[N % ring_cpus.size()]. Empty:
   // not pinned. A CPU this process may not use fails Connect with InvalidArgument.
@@ -152,7 +154,12 @@ struct ClientOptions {
   // negotiated the same export, as QEMU's reconnect-delay does. Attempts back off from
   // 100 ms to 2 s. Requests on that connection, and new ones that find no other connection,
   // wait at most `reconnect_delay` from the loss; then they fail with UnavailableError.
-  // Protocol violations and request timeouts still close the connection for good.
+  // Each attempt is bounded by `connect_timeout`. Protocol violations and request timeouts
+  // still close the connection for good. With ring threads an attempt runs on a short-lived
+  // helper thread; in caller-driven mode (threads = 0) it runs as non-blocking steps inside
+  // Poll, woken by the ring (the socket's readiness, the back-off's end), so fd() turns
+  // readable for it too. A TCP host name is resolved again for each attempt (getaddrinfo,
+  // which may wait for DNS: give a numeric address to rule that out).
   bool reconnect = false;
   absl::Duration reconnect_delay = absl::Seconds(30);
   // At most this many connect attempts per loss (0: as many as fit in reconnect_delay).
