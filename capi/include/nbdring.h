@@ -40,7 +40,7 @@ typedef struct nbdring_options nbdring_options;
 
 /* Options, set by name. Keys: "connections", "threads" (0: caller-driven, see
  * nbdring_poll), "inflight_limit" (1-65536, or "auto" or "0": each connection adapts its own
- * limit, up to 256),
+ * limit, up to 256; a URI's inflight_limit=N|auto replaces it),
  * "request_timeout_ms", "connect_timeout_ms", "close_timeout_ms", "reconnect" (true/false),
  * "reconnect_delay_ms", "reconnect_attempts" (per loss; 0: no limit),
  * "completion_batch_delay_us", "structured_replies" (true/false), "receive_buffer_bytes",
