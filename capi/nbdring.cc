@@ -531,6 +531,7 @@ int nbdring_get_stats(nbdring_client* client, nbdring_stats* stats) {
   stats->read_p99_ns = now.read_latency.PercentileNs(0.99);
   stats->write_p50_ns = now.write_latency.PercentileNs(0.5);
   stats->write_p99_ns = now.write_latency.PercentileNs(0.99);
+  stats->inflight_limit = now.inflight_limit;
   return 0;
 }
 

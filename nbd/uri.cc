@@ -48,6 +48,9 @@ constexpr absl::string_view kUsernameOutputChars = "!$&'()*+,;=";
 // tls-type, tls-hostname and tls-verify-peer come from doc/uri.md; tls-certificates,
 // tls-psk-file and tls-username are libnbd's names for the same purposes.
 constexpr absl::string_view kSocketKey = "socket";
+// nbdring's own: ClientOptions::inflight_limit from the URI.
+constexpr absl::string_view kInflightLimitKey = "inflight_limit";
+constexpr uint32_t kMaxInflightLimit = 65536;
 constexpr absl::string_view kTlsUsernameKey = "tls-username";
 constexpr absl::string_view kTlsKeys[] = {"tls-certificates", "tls-hostname",  "tls-psk-file",
                                           "tls-type",         kTlsUsernameKey, "tls-verify-peer"};
@@ -390,9 +393,22 @@ absl::Status Parser::ParseQuery(absl::string_view query) {
       have_socket_ = true;
       continue;
     }
+    if (*key == kInflightLimitKey) {
+      absl::StatusOr<std::string> value = DecodeWithoutNul(value_part, raw_value, kQueryChars);
+      if (!value.ok()) return value.status();
+      uint32_t limit = 0;
+      if (*value != "auto" &&
+          (!AllDigits(*value) || value->size() > 5 || !absl::SimpleAtoi(*value, &limit) ||
+           limit > kMaxInflightLimit)) {
+        return Error(absl::StrCat("query parameter inflight_limit=", Quote(raw_value),
+                                  " must be auto or a number from 1 to ", kMaxInflightLimit));
+      }
+      result_.inflight_limit = limit;  // "auto" (and 0) is 0
+      continue;
+    }
     if (!absl::c_linear_search(kTlsKeys, *key)) {
       return Error(absl::StrCat("query parameter ", Quote(*key),
-                                " is not understood (known: socket, ",
+                                " is not understood (known: socket, inflight_limit, ",
                                 absl::StrJoin(kTlsKeys, ", "), ")"));
     }
     absl::StatusOr<std::string> value = DecodeWithoutNul(value_part, raw_value, kQueryChars);
@@ -487,6 +503,10 @@ std::string NbdUri::ToString() const {
   if (transport == Transport::kUnix) {
     parameters.push_back(
         absl::StrCat(kSocketKey, "=", PercentEncode(socket_path, kQueryValueOutputChars)));
+  }
+  if (inflight_limit.has_value()) {
+    parameters.push_back(absl::StrCat(
+        kInflightLimitKey, "=", *inflight_limit == 0 ? "auto" : absl::StrCat(*inflight_limit)));
   }
   for (const auto& [key, value] : tls_options) {
     if (key == kTlsUsernameKey) continue;  // written as userinfo above

@@ -16,7 +16,10 @@
 // (required for +unix, rejected otherwise), and tls-type (anon|x509|psk), tls-hostname,
 // tls-verify-peer (0|1), tls-certificates, tls-psk-file, tls-username. The tls-* keys are
 // accepted with every scheme because nbd:// and nbd+unix:// may negotiate TLS
-// opportunistically. Every other key is an error, as doc/uri.md asks ("SHOULD be diagnosed"),
+// opportunistically. nbdring's own key inflight_limit=N|auto (N from 1 to 65536; 0 means auto
+// too, as in ClientOptions) sets the requests each connection keeps in flight; when present
+// it replaces ClientOptions::inflight_limit, so a URI can carry its server's tuning into any
+// tool. Every other key is an error, as doc/uri.md asks ("SHOULD be diagnosed"),
 // and so is a repeated key. The userinfo of the authority is the TLS user name and is stored
 // as tls_options["tls-username"]; a password in it is an error.
 //
@@ -28,6 +31,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include "absl/strings/string_view.h"
 
@@ -47,9 +51,11 @@ struct NbdUri {
   std::string export_name;      // percent-decoded
   // tls-* query keys, and the authority's userinfo as "tls-username"; values decoded.
   std::map<std::string, std::string> tls_options;
+  // inflight_limit=: unset when absent; 0 for auto.
+  std::optional<uint32_t> inflight_limit;
 
   // A canonical URI string for messages and logs: lower-case scheme, default ports omitted,
-  // tls-username as userinfo, socket= first, then tls-* keys sorted. ParseNbdUri of the result
+  // tls-username as userinfo, socket= first, then inflight_limit=, then tls-* keys sorted. ParseNbdUri of the result
   // gives back an equal NbdUri.
   std::string ToString() const;
 };

@@ -93,10 +93,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::ConnectWith(const ClientOptions&
   }
   auto address = ResolveAddress(options);
   if (!address.ok()) return address.status();
-  if (options.inflight_limit > 65536) {
+  // The URI's inflight_limit= (checked by the parser) replaces the option.
+  const uint32_t inflight_limit = address->inflight_limit.value_or(options.inflight_limit);
+  if (inflight_limit > 65536) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "inflight_limit must be between 1 and 65536, or 0 for automatic, got ",
-        options.inflight_limit));
+        "inflight_limit must be between 1 and 65536, or 0 for automatic, got ", inflight_limit));
   }
   if (options.receive_buffer_bytes < 4096) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -237,9 +238,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::ConnectWith(const ClientOptions&
     }
     ConnectionGroup& group = *attachment->group;
     ConnectionOptions connection_options;
-    connection_options.adaptive_limit = options.inflight_limit == 0;
+    connection_options.adaptive_limit = inflight_limit == 0;
     connection_options.inflight_limit =
-        options.inflight_limit == 0 ? kAdaptiveInflightCap : options.inflight_limit;
+        inflight_limit == 0 ? kAdaptiveInflightCap : inflight_limit;
     connection_options.receive_buffer_bytes = options.receive_buffer_bytes;
     connection_options.direct_receive_bytes = options.direct_receive_bytes;
     connection_options.request_timeout_ns = request_timeout_ns;

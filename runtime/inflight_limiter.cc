@@ -14,6 +14,8 @@ InflightLimiter::InflightLimiter(const InflightLimiterOptions& options) : option
   active_ = settled_;
   probe_gap_ns_ = options_.period_ns;
   down_step_ = options_.step;
+  options_.far_step = std::max(options_.far_step, 1.0);
+  stays_since_far_ = options_.far_every > 2 ? options_.far_every - 2 : 0;
   period_end_after_ns_ = options_.period_ns;
   period_start_ns_ = INT64_MIN;  // the first sample starts the first period
 }
@@ -27,6 +29,11 @@ uint32_t InflightLimiter::Down(uint32_t limit) const {
   if (limit <= 1) return 1;
   const auto scaled = static_cast<uint32_t>(std::lround(limit / down_step_));
   return std::max<uint32_t>(std::min(scaled, limit - 1), 1);
+}
+
+uint32_t InflightLimiter::Far(uint32_t limit) const {
+  const auto scaled = static_cast<uint32_t>(std::lround(limit * options_.far_step));
+  return std::min(scaled, options_.cap);
 }
 
 void InflightLimiter::StartPeriod(Phase phase, uint32_t active) {
@@ -67,6 +74,7 @@ bool InflightLimiter::EndPeriod(int64_t now_ns) {
 
   auto stay = [&] {
     startup_ = false;
+    ++stays_since_far_;
     down_step_ = options_.step;
     // A slow server's periods are long (two latencies): the pause grows to 8 of them, so
     // probes still take a small share of the time.
@@ -99,18 +107,61 @@ bool InflightLimiter::EndPeriod(int64_t now_ns) {
         if (far(throughput, pause_throughput_, 1.25) ||
             far(static_cast<double>(latency_ns), static_cast<double>(pause_latency_ns_), 2)) {
           probe_gap_ns_ = options_.period_ns;  // the server changed: probe again soon
+          if (options_.far_every > 2) {
+            stays_since_far_ = std::max(stays_since_far_, options_.far_every - 2);
+          }
         }
         pause_throughput_ = throughput;
         pause_latency_ns_ = latency_ns;
       }
       const uint32_t up = Up(settled_);
-      if (up > settled_) {
+      const uint32_t far = Far(settled_);
+      if (!startup_ && options_.far_every > 0 && stays_since_far_ >= options_.far_every &&
+          far > up) {
+        stays_since_far_ = 0;
+        StartPeriod(Phase::kFar, far);
+      } else if (up > settled_) {
         StartPeriod(Phase::kUp, up);
       } else {
         try_down();
       }
       break;
     }
+    case Phase::kFar: {
+      // What `up_gain` asks of one step, asked of every step the far probe spans.
+      const double ratio = static_cast<double>(active_) / settled_;
+      const double per_step = 1 + options_.up_gain * (options_.step - 1);
+      far_wanted_ = std::pow(per_step, std::log(ratio) / std::log(options_.step)) + quantum;
+      const bool gained = throughput >= base_throughput_ * far_wanted_;
+      const bool used = in_flight >= 0.5 * (settled_ + active_);
+      if (gained && used) {
+        // One period on a busy machine can be that much faster by chance, and a move this
+        // far would cost 4x the latency: measure L again, and move only if the far period
+        // beat both measurements of L.
+        far_limit_ = active_;
+        far_throughput_ = throughput;
+        StartPeriod(Phase::kFarCheck, settled_);
+      } else {
+        stay();
+      }
+      break;
+    }
+    case Phase::kFarCheck:
+      if (far_throughput_ >= std::max(base_throughput_, throughput) * far_wanted_) {
+        settled_ = far_limit_;
+        ++moves_;
+        probe_gap_ns_ = options_.period_ns;
+        base_throughput_ = far_throughput_;
+        const uint32_t up = Up(settled_);
+        if (up > settled_) {
+          StartPeriod(Phase::kUp, up);
+        } else {
+          try_down();
+        }
+      } else {
+        stay();
+      }
+      break;
     case Phase::kUp: {
       const double step = static_cast<double>(active_) / settled_ - 1;
       const bool gained =

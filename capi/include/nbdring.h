@@ -41,7 +41,7 @@ typedef struct nbdring_runtime nbdring_runtime;
 
 /* Options, set by name. Keys: "connections", "threads" (0: caller-driven, see
  * nbdring_poll), "inflight_limit" (1-65536, or "auto" or "0": each connection adapts its own
- * limit, up to 256),
+ * limit, up to 256; a URI's inflight_limit=N|auto replaces it),
  * "request_timeout_ms", "connect_timeout_ms", "close_timeout_ms", "reconnect" (true/false),
  * "reconnect_delay_ms", "reconnect_attempts" (per loss; 0: no limit),
  * "completion_batch_delay_us", "structured_replies" (true/false), "receive_buffer_bytes",
@@ -121,10 +121,14 @@ int nbdring_block_status(nbdring_client *client, uint64_t count, uint64_t offset
                          nbdring_extent_callback extent, void *user_data, uint32_t flags);
 
 /* Counters since connect, and latency percentiles (from Submit to completion, ns; 0 when
- * none of that kind completed). 0 or -1. */
+ * none of that kind completed). `inflight_limit`: the requests the connections may have in
+ * flight now, summed over connections; with option "inflight_limit" "auto" (or the URI's
+ * inflight_limit=auto) what each connection's limiter chose at the moment, else the fixed
+ * limit times the connections. 0 or -1. */
 typedef struct nbdring_stats {
   uint64_t requests, errors, bytes_read, bytes_written, reconnects, queue_full_waits;
   uint64_t read_p50_ns, read_p99_ns, write_p50_ns, write_p99_ns;
+  uint64_t inflight_limit;
 } nbdring_stats;
 int nbdring_get_stats(nbdring_client *client, nbdring_stats *stats);
 /* The counters and latency histograms as OpenMetrics text for a Prometheus endpoint;

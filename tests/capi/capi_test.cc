@@ -169,6 +169,40 @@ void CollectExtent(void* user_data, const char* context, uint64_t offset, uint64
   static_cast<Extents*>(user_data)->list.emplace_back(context, offset, length, flags);
 }
 
+// The URI's inflight_limit= replaces the option; the stats say what the connections use.
+TEST(CApiTest, InflightLimitFromTheUriShowsInStats) {
+  auto server = StartServer({"memory", "1M"});
+  ASSERT_NE(server, nullptr);
+  nbdring_options* options = nbdring_options_create();
+  ASSERT_EQ(nbdring_options_set(options, "inflight_limit", "16"), 0);
+  auto limit_with = [&](const std::string& uri) -> uint64_t {
+    nbdring_client* client = nbdring_connect(uri.c_str(), options);
+    EXPECT_NE(client, nullptr) << uri << ": " << LastError();
+    if (client == nullptr) return 0;
+    std::vector<char> data(4096);
+    EXPECT_EQ(nbdring_pread(client, data.data(), data.size(), 0, 0), 0) << LastError();
+    nbdring_stats stats;
+    EXPECT_EQ(nbdring_get_stats(client, &stats), 0) << LastError();
+    EXPECT_EQ(nbdring_close(client), 0);
+    return stats.inflight_limit;
+  };
+  EXPECT_EQ(limit_with(server->uri()), 16u);
+  EXPECT_EQ(limit_with(server->uri() + "&inflight_limit=5"), 5u);
+  const uint64_t automatic = limit_with(server->uri() + "&inflight_limit=auto");
+  EXPECT_GE(automatic, 1u);
+  EXPECT_LE(automatic, 256u);
+  ASSERT_EQ(nbdring_options_set(options, "inflight_limit", "auto"), 0);
+  EXPECT_EQ(limit_with(server->uri() + "&inflight_limit=7"), 7u);
+
+  const std::string bad = server->uri() + "&inflight_limit=lots";
+  EXPECT_EQ(nbdring_connect(bad.c_str(), options), nullptr);
+  EXPECT_EQ(nbdring_get_errno(), EINVAL);
+  EXPECT_NE(LastError().find("inflight_limit=\"lots\" must be auto or a number from 1 to 65536"),
+            std::string::npos)
+      << LastError();
+  nbdring_options_destroy(options);
+}
+
 TEST(CApiTest, BlockStatusStatsAndMetrics) {
   auto server = StartServer({"memory", "1M"});
   ASSERT_NE(server, nullptr);
@@ -214,6 +248,7 @@ TEST(CApiTest, BlockStatusStatsAndMetrics) {
   EXPECT_GT(stats.read_p50_ns, 0u);
   EXPECT_GE(stats.read_p99_ns, stats.read_p50_ns);
   EXPECT_GT(stats.write_p50_ns, 0u);
+  EXPECT_EQ(stats.inflight_limit, 64u);  // the default, one connection
   char* text = nbdring_metrics_text(client, "volume=\"v1\"");
   ASSERT_NE(text, nullptr) << LastError();
   const std::string metrics(text);

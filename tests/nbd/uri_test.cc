@@ -25,7 +25,7 @@ NbdUri ParseOrDie(const std::string& uri) {
 
 auto Fields(const NbdUri& uri) {
   return std::tie(uri.transport, uri.tls, uri.host, uri.port, uri.vsock_cid, uri.vsock_port,
-                  uri.socket_path, uri.export_name, uri.tls_options);
+                  uri.socket_path, uri.export_name, uri.tls_options, uri.inflight_limit);
 }
 
 // --- doc/uri.md examples, verbatim -------------------------------------------------------------
@@ -187,6 +187,21 @@ TEST(UriParse, QueryValueMayContainEqualsAndEmptyParametersAreIgnored) {
   EXPECT_TRUE(ParseOrDie("nbd://h/?").tls_options.empty());
 }
 
+TEST(UriParse, InflightLimit) {
+  EXPECT_FALSE(ParseOrDie("nbd://h/").inflight_limit.has_value());
+  EXPECT_EQ(ParseOrDie("nbd://h/?inflight_limit=16").inflight_limit, 16u);
+  EXPECT_EQ(ParseOrDie("nbd://h/?inflight_limit=1").inflight_limit, 1u);
+  EXPECT_EQ(ParseOrDie("nbd://h/?inflight_limit=65536").inflight_limit, 65536u);
+  EXPECT_EQ(ParseOrDie("nbd://h/?inflight_limit=auto").inflight_limit, 0u);
+  EXPECT_EQ(ParseOrDie("nbd://h/?inflight_limit=0").inflight_limit, 0u);  // as ClientOptions
+  EXPECT_EQ(ParseOrDie("nbd://h/?inflight_limit=%61uto").inflight_limit, 0u);
+  const NbdUri unix_uri =
+      ParseOrDie("nbds+unix:///d?socket=/s&inflight_limit=auto&tls-verify-peer=0");
+  EXPECT_EQ(unix_uri.inflight_limit, 0u);
+  EXPECT_EQ(unix_uri.socket_path, "/s");
+  EXPECT_EQ(unix_uri.tls_options.at("tls-verify-peer"), "0");
+}
+
 // --- Invalid URIs ----------------------------------------------------------------------------
 
 struct BadUri {
@@ -301,7 +316,19 @@ INSTANTIATE_TEST_SUITE_P(
         BadUri{"nbd://alice@h/?tls-username=bob",
                {"tls-username=\"bob\" repeats the user name already given before '@'"}},
         BadUri{"nbd://h/?tls%2Dtype=x", {"tls-type=\"x\" must be"}},
-        BadUri{"nbd://h/?a b=1", {"query parameter name \"a b\" contains \" \""}}));
+        BadUri{"nbd://h/?a b=1", {"query parameter name \"a b\" contains \" \""}},
+        BadUri{"nbd://h/?inflight_limit=65537",
+               {"inflight_limit=\"65537\" must be auto or a number from 1 to 65536"}},
+        BadUri{"nbd://h/?inflight_limit=99999999999", {"inflight_limit=\"99999999999\""}},
+        BadUri{"nbd://h/?inflight_limit=-1", {"inflight_limit=\"-1\" must be auto"}},
+        BadUri{"nbd://h/?inflight_limit=+4", {"inflight_limit=\"+4\" must be auto"}},
+        BadUri{"nbd://h/?inflight_limit=AUTO", {"inflight_limit=\"AUTO\" must be auto"}},
+        BadUri{"nbd://h/?inflight_limit=", {"inflight_limit=\"\" must be auto"}},
+        BadUri{"nbd://h/?inflight_limit=16k", {"inflight_limit=\"16k\" must be auto"}},
+        BadUri{"nbd://h/?inflight_limit=8&inflight_limit=8",
+               {"query parameter \"inflight_limit\" is given more than once"}},
+        BadUri{"nbd://h/?inflight-limit=8",
+               {"query parameter \"inflight-limit\" is not understood", "inflight_limit"}}));
 
 TEST(UriRejectsPassword, WithoutRepeatingIt) {
   const absl::StatusOr<NbdUri> parsed = ParseNbdUri("nbd://alice:s3cret@h/disk");
@@ -334,6 +361,9 @@ TEST(UriToString, CanonicalForms) {
       {"nbd+vsock:///", "nbd+vsock://2/"},
       {"nbds+vsock://3:10810/e", "nbds+vsock://3:10810/e"},
       {"nbd+unix:///?socket=/tmp/a=b", "nbd+unix:///?socket=/tmp/a%3Db"},
+      {"nbd://h/?tls-verify-peer=0&inflight_limit=0",
+       "nbd://h/?inflight_limit=auto&tls-verify-peer=0"},
+      {"nbd+unix:///?inflight_limit=0032&socket=/s", "nbd+unix:///?socket=/s&inflight_limit=32"},
   };
   for (const auto& [uri, canonical] : table) {
     EXPECT_EQ(ParseOrDie(uri).ToString(), canonical) << uri;
@@ -375,6 +405,8 @@ TEST(UriToString, RoundTripsEveryValidExample) {
       "nbd+vsock://4294967294:4294967294/",
       "nbds+unix:///x?socket=/run/nbd%20dir/s.sock&tls-psk-file=/k&tls-verify-peer=1",
       "nbd://ex%61mple.com/",
+      "nbd+unix:///?socket=/s&inflight_limit=auto",
+      "nbds://h/?inflight_limit=256&tls-type=x509",
   };
   for (const char* text : uris) {
     const NbdUri first = ParseOrDie(text);

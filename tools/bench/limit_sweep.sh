@@ -16,6 +16,10 @@
 #
 #   tools/bench/limit_sweep.sh                   # 3 rounds, about 9 minutes
 #   ROUNDS=1 SERVERS="memory rate" tools/bench/limit_sweep.sh
+#   BASELINE=/tmp/old/nbd-bench tools/bench/limit_sweep.sh   # auto of another build too
+#
+# BASELINE: an nbd-bench built from another commit; each round then also runs its auto right
+# after this build's, against the same servers, so the two limiters compare within one run.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -31,6 +35,7 @@ mkdir -p "$OUT"
 bazel build //tools:nbd-bench >&2
 BENCH="$OUT/nbd-bench"
 install -m 0755 bazel-bin/tools/nbd-bench "$BENCH"
+BASELINE=${BASELINE:-}
 
 SOCKETS=$(mktemp -d /tmp/nbdr-limit-XXXXXX)
 IMAGE=/dev/shm/nbdring-limit-sweep.img
@@ -64,7 +69,7 @@ range_of() { if [ "$1" = rate ]; then echo 64m; else echo "$RANGE"; fi; }
 bench() {  # server, output file, nbd-bench flags...
   local server=$1 out=$2
   shift 2
-  taskset -c 1 "$BENCH" "$(uri "$server")" --range="$(range_of "$server")" \
+  taskset -c 1 "${BINARY:-$BENCH}" "$(uri "$server")" --range="$(range_of "$server")" \
     --runtime="$RUNTIME" --ramp="$RAMP" --json "$@" >"$out" 2>>"$OUT/nbd-bench.log"
 }
 
@@ -91,6 +96,10 @@ for round in $(seq "$ROUNDS"); do
       bench "$server" "$OUT/$name-fixed.json" --rw="$rw" --bs="$bs" --iodepth="$DEPTHS"
       bench "$server" "$OUT/$name-auto.json" --rw="$rw" --bs="$bs" --iodepth=256 \
         --inflight_limit=auto
+      if [ -n "$BASELINE" ]; then
+        BINARY=$BASELINE bench "$server" "$OUT/$name-baseline.json" --rw="$rw" --bs="$bs" \
+          --iodepth=256 --inflight_limit=auto
+      fi
     done
   done
 done

@@ -30,8 +30,9 @@ from collections import defaultdict
 def main(out):
     fixed = defaultdict(lambda: defaultdict(list))  # (server, workload) -> depth -> runs
     auto = defaultdict(list)  # (server, workload) -> runs
+    baseline = defaultdict(list)  # the same, from limit_sweep.sh's BASELINE binary
     for path in sorted(glob.glob(os.path.join(out, "*-r*-*.json"))):
-        match = re.match(r"(.+)-(\w+)-(\w+)-r(\d+)-(fixed|auto)\.json$", os.path.basename(path))
+        match = re.match(r"(.+)-(\w+)-(\w+)-r(\d+)-(fixed|auto|baseline)\.json$", os.path.basename(path))
         if not match:
             continue
         server, rw, bs, _, kind = match.groups()
@@ -45,8 +46,10 @@ def main(out):
         if kind == "fixed":
             for point in document["sweep"]:
                 fixed[key][point["iodepth"]].append(point["engines"]["nbdring"])
-        else:
+        elif kind == "auto":
             auto[key].append(document)
+        else:
+            baseline[key].append(document)
 
     summary = []
     curves = []  # (title, [(depth, share, p99)], (limit, share, wire p99))
@@ -65,32 +68,35 @@ def main(out):
             p99 = statistics.median(run["lat_us"]["p99"] for run in runs)
             medians[depth] = (throughput, p99)
             print(f"| {depth} | {throughput:,.0f} | {p99:,.0f} | {depth} | |")
-        runs = auto[key]
-        if not runs:
-            continue
-        auto_throughput = statistics.median(value(run) for run in runs)
-        auto_p99 = statistics.median(run["lat_us"]["p99"] for run in runs)
-        wire = [run["wire_lat_us"]["p99"] for run in runs if run.get("wire_lat_us")]
-        wire_p99 = statistics.median(wire) if wire else float("nan")
-        limits = sorted(run["inflight_limit"] for run in runs)
-        print(f"| **auto** (256 outstanding) | {auto_throughput:,.0f} | {auto_p99:,.0f} | "
-              f"{'/'.join(str(limit) for limit in limits)} | {wire_p99:,.0f} |")
         best_depth = max(medians, key=lambda depth: medians[depth][0])
         best = medians[best_depth][0]
         reference = min(depth for depth in medians if medians[depth][0] >= 0.9 * best)
         reference_p99 = medians[reference][1]
-        ratio = auto_throughput / best
-        p99_ratio = wire_p99 / reference_p99
-        met = ratio >= 0.9 and p99_ratio <= 1.5
-        curves.append((f"{server} {workload}",
-                       [(depth, medians[depth][0] / best, medians[depth][1]) for depth in
-                        sorted(medians)],
-                       (statistics.median(limits), ratio, wire_p99)))
-        summary.append(
-            f"| {server} | {workload} | {best_depth}: {best:,.0f} | {reference}: "
-            f"{reference_p99:,.0f} µs | {auto_throughput:,.0f} (×{ratio:.2f}) | "
-            f"{wire_p99:,.0f} µs (×{p99_ratio:.2f}) | {'/'.join(str(l) for l in limits)} | "
-            f"{'met' if met else 'missed'} |")
+        for label, runs in (("auto", auto[key]), ("auto, BASELINE build", baseline[key])):
+            if not runs:
+                continue
+            auto_throughput = statistics.median(value(run) for run in runs)
+            auto_p99 = statistics.median(run["lat_us"]["p99"] for run in runs)
+            wire = [run["wire_lat_us"]["p99"] for run in runs if run.get("wire_lat_us")]
+            wire_p99 = statistics.median(wire) if wire else float("nan")
+            limits = sorted(run["inflight_limit"] for run in runs)
+            print(f"| **{label}** (256 outstanding) | {auto_throughput:,.0f} | "
+                  f"{auto_p99:,.0f} | {'/'.join(str(limit) for limit in limits)} | "
+                  f"{wire_p99:,.0f} |")
+            ratio = auto_throughput / best
+            p99_ratio = wire_p99 / reference_p99
+            met = ratio >= 0.9 and p99_ratio <= 1.5
+            if label == "auto":
+                curves.append((f"{server} {workload}",
+                               [(depth, medians[depth][0] / best, medians[depth][1])
+                                for depth in sorted(medians)],
+                               (statistics.median(limits), ratio, wire_p99)))
+            summary.append(
+                f"| {server}{'' if label == 'auto' else ' (' + label + ')'} | {workload} | "
+                f"{best_depth}: {best:,.0f} | {reference}: "
+                f"{reference_p99:,.0f} µs | {auto_throughput:,.0f} (×{ratio:.2f}) | "
+                f"{wire_p99:,.0f} µs (×{p99_ratio:.2f}) | "
+                f"{'/'.join(str(l) for l in limits)} | {'met' if met else 'missed'} |")
     print("\n| server | workload | best fixed: depth, throughput | smallest depth with 90 %: "
           "p99 | auto throughput (× best) | auto staged-to-reply p99 (× reference) | "
           "auto's limits | target |")

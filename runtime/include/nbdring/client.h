@@ -104,6 +104,7 @@ struct ClientOptions {
   // a lower one while that costs none, and re-probes a few times a second because servers
   // change (runtime/inflight_limiter.h; docs/performance.md, "Choosing the in-flight
   // limit"). ClientStats::inflight_limit says where it is.
+  // A URI with inflight_limit=N|auto (nbd/uri.h) replaces this value.
   uint32_t inflight_limit = 64;
   // Meta contexts to negotiate, e.g. {"base:allocation"}; needed for BlockStatus().
   std::vector<std::string> meta_contexts;
