@@ -2,7 +2,6 @@
 // is killed with requests in flight and started again on the same socket: the attempts run
 // inside Poll's turns (no thread, ever), the ring wakes for the socket and the back-off, and
 // Client::fd() becomes readable for them, so a caller that only sleeps in epoll gets there.
-#include <dirent.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -22,10 +21,14 @@
 #include "nbdring/client.h"
 #include "tests/testing/completion_tracker.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/threads.h"
 #include "tests/testing/tls_credentials.h"
 
 namespace nbdring {
 namespace {
+
+using ::nbdring::testing::ThreadCount;
+using ::nbdring::testing::ThreadCountBaseline;
 
 using ::nbd::testing::ServerProcess;
 using ::nbd::testing::TempDir;
@@ -39,17 +42,6 @@ constexpr absl::Duration kWait = absl::Seconds(30);
 
 uint8_t PatternByte(uint64_t offset) { return static_cast<uint8_t>(offset * 131 + (offset >> 16)); }
 
-int ThreadsOfThisProcess() {
-  int count = 0;
-  DIR* tasks = opendir("/proc/self/task");
-  if (tasks == nullptr) return -1;
-  while (dirent* entry = readdir(tasks)) {
-    if (entry->d_name[0] != '.') ++count;
-  }
-  closedir(tasks);
-  return count;
-}
-
 struct ReadRequest : Operation {
   std::vector<uint8_t> data = std::vector<uint8_t>(kBlock);
 };
@@ -61,7 +53,7 @@ enum class Driver { kPoll, kEpoll };
 class CallerDrivenReconnectTest : public ::testing::TestWithParam<Driver> {
  protected:
   void SetUp() override {
-    threads_before_ = ThreadsOfThisProcess();
+    threads_before_ = ThreadCountBaseline();
     auto dir = TempDir::Create();
     ASSERT_TRUE(dir.ok()) << dir.status();
     disk_dir_ = *std::move(dir);
@@ -122,7 +114,7 @@ class CallerDrivenReconnectTest : public ::testing::TestWithParam<Driver> {
       if (absl::Now() > deadline) return false;
       Turn(client);
       if (::testing::Test::HasFatalFailure()) return false;
-      EXPECT_EQ(ThreadsOfThisProcess(), threads_before_) << "caller-driven mode started a thread";
+      EXPECT_EQ(ThreadCount(), threads_before_) << "caller-driven mode started a thread";
     }
     return true;
   }
@@ -211,10 +203,10 @@ TEST_P(CallerDrivenReconnectTest, RequestsSurviveAServerRestartWithoutAThread) {
   options.reconnect_delay = absl::Seconds(20);
   std::unique_ptr<Client> client = Connect(options);
   ASSERT_NE(client, nullptr);
-  EXPECT_EQ(ThreadsOfThisProcess(), threads_before_);
+  EXPECT_EQ(ThreadCount(), threads_before_);
   ASSERT_NO_FATAL_FAILURE(SurviveARestart(*client));
   ASSERT_TRUE(client->Close().ok());
-  EXPECT_EQ(ThreadsOfThisProcess(), threads_before_);
+  EXPECT_EQ(ThreadCount(), threads_before_);
 }
 
 TEST_P(CallerDrivenReconnectTest, ReconnectsOverTlsWithPsk) {
@@ -231,7 +223,7 @@ TEST_P(CallerDrivenReconnectTest, ReconnectsOverTlsWithPsk) {
   ASSERT_TRUE(client->export_info().tls);
   ASSERT_NO_FATAL_FAILURE(SurviveARestart(*client));
   ASSERT_TRUE(client->Close().ok());
-  EXPECT_EQ(ThreadsOfThisProcess(), threads_before_);
+  EXPECT_EQ(ThreadCount(), threads_before_);
 }
 
 // A "server" that takes connections (the kernel queues them on its backlog) and never says a
@@ -281,7 +273,7 @@ TEST_P(CallerDrivenReconnectTest, CloseWhileReconnectingToASilentServerFailsQueu
       << tracker_.completed() << " of " << reads.size() << " completed by Close";
   EXPECT_TRUE(tracker_.ExactlyOnce());
   EXPECT_EQ(tracker_.failed(), reads.size());
-  EXPECT_EQ(ThreadsOfThisProcess(), threads_before_);
+  EXPECT_EQ(ThreadCount(), threads_before_);
 }
 
 TEST_P(CallerDrivenReconnectTest, GivesUpWhenTheDelayEndsWhileAttemptsHang) {
@@ -309,7 +301,7 @@ TEST_P(CallerDrivenReconnectTest, GivesUpWhenTheDelayEndsWhileAttemptsHang) {
   EXPECT_NE(tracker_.status(&reads[0]).message().find("could not reconnect"), std::string::npos)
       << tracker_.status(&reads[0]);
   client->Close().IgnoreError();
-  EXPECT_EQ(ThreadsOfThisProcess(), threads_before_);
+  EXPECT_EQ(ThreadCount(), threads_before_);
 }
 
 INSTANTIATE_TEST_SUITE_P(Drivers, CallerDrivenReconnectTest,

@@ -1,7 +1,6 @@
 // Caller-driven mode (ClientOptions::threads = 0) against a real nbdkit: no thread is ever
 // created, Poll() on the connecting thread does the I/O and runs the callbacks, and fd() is
 // readable exactly when a Poll has work — so a caller's own epoll loop can drive the client.
-#include <dirent.h>
 #include <sys/epoll.h>
 #include <unistd.h>
 
@@ -18,25 +17,18 @@
 #include "nbdring/client.h"
 #include "tests/testing/completion_tracker.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/threads.h"
 
 namespace nbdring {
 namespace {
+
+using ::nbdring::testing::ThreadCount;
+using ::nbdring::testing::ThreadCountBaseline;
 
 using nbd::testing::ServerProcess;
 using testing::CompletionTracker;
 
 constexpr uint64_t kBlock = 4096;
-
-int ThreadsOfThisProcess() {
-  int count = 0;
-  DIR* tasks = opendir("/proc/self/task");
-  if (tasks == nullptr) return -1;
-  while (dirent* entry = readdir(tasks)) {
-    if (entry->d_name[0] != '.') ++count;
-  }
-  closedir(tasks);
-  return count;
-}
 
 uint8_t PatternAt(uint64_t offset) { return static_cast<uint8_t>((offset * 7 + 3) >> 2); }
 
@@ -77,7 +69,7 @@ class CallerDrivenTest : public ::testing::Test {
 };
 
 TEST_F(CallerDrivenTest, CreatesNoThreadAndCompletesEveryRequestInsidePoll) {
-  const int threads_before = ThreadsOfThisProcess();
+  const int threads_before = ThreadCountBaseline();
   std::unique_ptr<Client> client = ConnectPolled();
   ASSERT_NE(client, nullptr);
   EXPECT_EQ(client->threads(), 0);
@@ -119,7 +111,7 @@ TEST_F(CallerDrivenTest, CreatesNoThreadAndCompletesEveryRequestInsidePoll) {
   ASSERT_TRUE(PollUntil(*client, [&] { return completed.load() == 256; }));
   EXPECT_EQ(wrong_thread.load(), 0);
   EXPECT_EQ(mismatches.load(), 0);
-  EXPECT_EQ(ThreadsOfThisProcess(), threads_before) << "caller-driven mode started a thread";
+  EXPECT_EQ(ThreadCount(), threads_before) << "caller-driven mode started a thread";
   EXPECT_GE(client->stats().requests, 64u + 256u);
   EXPECT_TRUE(client->Close().ok());
 }

@@ -6,12 +6,8 @@
 
 #include <atomic>
 #include <cstdint>
-#include <filesystem>
-#include <fstream>
 #include <memory>
 #include <string>
-#include <system_error>
-#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -22,6 +18,7 @@
 #include "nbdring/runtime.h"
 #include "tests/testing/completion_tracker.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/threads.h"
 
 namespace nbdring {
 namespace {
@@ -30,31 +27,13 @@ using ::nbd::testing::ServerProcess;
 using ::nbd::testing::TempDir;
 using ::nbd::testing::WriteDiskImage;
 using ::nbdring::testing::CompletionTracker;
+using ::nbdring::testing::ThreadCount;
+using ::nbdring::testing::ThreadCountBaseline;
 using ::nbdring::testing::WaitUntil;
 
 constexpr uint64_t kBlock = 4096;
 constexpr uint64_t kDiskBytes = 64 << 20;
 constexpr absl::Duration kWait = absl::Seconds(30);
-
-// Threads of this process; with `name_prefix`, only those whose name starts with it.
-int ThreadCount(const std::string& name_prefix = "") {
-  int count = 0;
-  std::error_code error;
-  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/task", error)) {
-    std::ifstream comm(entry.path() / "comm");
-    std::string name;
-    std::getline(comm, name);
-    if (name.rfind(name_prefix, 0) == 0) ++count;
-  }
-  return count;
-}
-
-// The thread count before the runtime: sanitizers start a helper thread with the process's
-// first thread, so one is started (and joined) first.
-int ThreadsBefore() {
-  std::thread([] {}).join();
-  return ThreadCount();
-}
 
 uint8_t ClientByte(int client, uint64_t offset) {
   return static_cast<uint8_t>(client * 37 + offset * 7 + (offset >> 12));
@@ -114,7 +93,7 @@ class SharedRuntimeTest : public ::testing::Test {
 TEST_F(SharedRuntimeTest, ManyClientsShareTwoRingThreadsAndEachGetsItsOwnData) {
   constexpr int kClients = 48;
   constexpr int kBlocksPerClient = 8;
-  const int threads_before = ThreadsBefore();
+  const int threads_before = ThreadCountBaseline();
   std::shared_ptr<Runtime> runtime = MakeRuntime(2);
   ASSERT_NE(runtime, nullptr);
   EXPECT_EQ(runtime->threads(), 2);
@@ -301,7 +280,7 @@ TEST_F(SharedRuntimeTest, BlockingCallsFromAnotherClientsCallbackAreRefused) {
 
 // Caller-driven runtime: no thread at all; the owner's Poll turns the ring for every client.
 TEST_F(SharedRuntimeTest, CallerDrivenRuntimeServesEveryClientFromPoll) {
-  const int threads_before = ThreadsBefore();
+  const int threads_before = ThreadCountBaseline();
   std::shared_ptr<Runtime> runtime = MakeRuntime(0);
   ASSERT_NE(runtime, nullptr);
   EXPECT_EQ(runtime->threads(), 0);
