@@ -39,6 +39,8 @@ thread_local std::string last_error;
 thread_local int last_errno = 0;
 // True while this thread runs a C completion: blocking calls would wait for themselves.
 thread_local bool in_completion = false;
+// Asynchronous completions this thread has run (what nbdring_poll reports per call).
+thread_local int completions_run = 0;
 
 int Fail(int error_number, std::string message) {
   last_errno = error_number;
@@ -80,6 +82,7 @@ void OnAioComplete(nbdring::Operation* operation, const absl::Status& status) {
     in_completion = true;
     request->completion(request->user_data, status.ok() ? 0 : nbd::StatusToErrno(status));
     in_completion = false;
+    ++completions_run;
   }
   delete request;
 }
@@ -351,9 +354,10 @@ int nbdring_poll(nbdring_client* client, int timeout_ms) {
   if (!CheckNotInCompletion("nbdring_poll")) return -1;
   const absl::Duration timeout =
       timeout_ms < 0 ? absl::InfiniteDuration() : absl::Milliseconds(timeout_ms);
+  const int before = completions_run;
   absl::Status polled = client->client->Poll(timeout);
   if (!polled.ok()) return FailWith(polled, "nbdring_poll");
-  return 0;
+  return completions_run - before;
 }
 
 int nbdring_get_fd(nbdring_client* client) {
@@ -396,9 +400,10 @@ int nbdring_runtime_poll(nbdring_runtime* runtime, int timeout_ms) {
   if (!CheckNotInCompletion("nbdring_runtime_poll")) return -1;
   const absl::Duration timeout =
       timeout_ms < 0 ? absl::InfiniteDuration() : absl::Milliseconds(timeout_ms);
+  const int before = completions_run;
   absl::Status polled = runtime->runtime->Poll(timeout);
   if (!polled.ok()) return FailWith(polled, "nbdring_runtime_poll");
-  return 0;
+  return completions_run - before;
 }
 
 int nbdring_runtime_get_fd(nbdring_runtime* runtime) {

@@ -161,7 +161,7 @@ int64_t nbdring_aio_in_flight(nbdring_client *client);
  * client drains only its own connections. nbdring_runtime_destroy drops the caller's
  * reference: the rings stop once no client attached to them is left open.
  * nbdring_runtime_poll / nbdring_runtime_get_fd are nbdring_poll / nbdring_get_fd for every
- * client of a caller-driven runtime at once. */
+ * client of a caller-driven runtime at once (the count covers all of them). */
 nbdring_runtime *nbdring_runtime_create(const nbdring_options *options);
 void nbdring_runtime_destroy(nbdring_runtime *runtime);
 /* `runtime` NULL: the client makes rings of its own (the default). */
@@ -172,7 +172,8 @@ int nbdring_runtime_get_fd(nbdring_runtime *runtime);
 /* Caller-driven mode (option "threads" = "0"): no thread is ever created; the thread that
  * called nbdring_connect owns the ring and must make these calls, and nbdring_close.
  * nbdring_poll sends what was submitted, waits up to `timeout_ms` (-1: until something
- * completes, 0: not at all) and runs the completions on the calling thread; 0 or -1.
+ * completes, 0: not at all) and runs the completions on the calling thread; returns how
+ * many completion callbacks it ran (0 when none was due), or -1.
  * nbdring_get_fd gives a file descriptor to watch for reading in the caller's own
  * poll/epoll: readable whenever nbdring_poll has work (then call nbdring_poll(client, 0)).
  * The client owns it. -1 with EINVAL for a client with ring threads or on another thread.
