@@ -282,6 +282,9 @@ bool RingLoop::ProgressDetaches() {
   const uint32_t requests = detach_requests_.load(std::memory_order_acquire);
   if (requests != detaches_seen_) {
     detaches_seen_ = requests;
+    // A group attached and detached in quick succession: the acquire above made its attach
+    // visible even if the relaxed look at the top of the turn missed it.
+    if (attached_.load(std::memory_order_acquire) != nullptr) AdoptAttached();
     bool newly_closing = false;
     for (ConnectionGroup* group : groups_) {
       if (group->closing || !group->detach_requested.load(std::memory_order_acquire)) continue;

@@ -278,6 +278,46 @@ TEST_F(SharedRuntimeTest, BlockingCallsFromAnotherClientsCallbackAreRefused) {
   EXPECT_TRUE(second->Close().ok());
 }
 
+// Clients come and go while another keeps reading on the same ring: each connects and closes
+// at once (attach and detach in quick succession), and the reader never sees an error.
+TEST_F(SharedRuntimeTest, ClientsComingAndGoingLeaveTheOthersRunning) {
+  std::shared_ptr<Runtime> runtime = MakeRuntime(1);
+  ASSERT_NE(runtime, nullptr);
+  std::unique_ptr<Client> reader = ConnectTo(qemu_->uri(), runtime);
+  ASSERT_NE(reader, nullptr);
+  std::atomic<bool> stop{false};
+  CompletionTracker reads([](Operation* operation, const absl::Status& status) {
+    auto* stream = static_cast<Stream*>(operation);
+    if (!status.ok() || stream->stop->load()) return;
+    stream->tracker->Submit(*stream->client, stream);
+  });
+  Stream stream;
+  stream.client = reader.get();
+  stream.stop = &stop;
+  stream.tracker = &reads;
+  stream.command = Command::kRead;
+  stream.length = kBlock;
+  stream.buffer = stream.data.data();
+  reads.Submit(*reader, &stream);
+  for (int i = 0; i < 30; ++i) {
+    std::unique_ptr<Client> passing = ConnectTo(nbdkit_->uri(), runtime);
+    ASSERT_NE(passing, nullptr);
+    if (i % 2 == 0) {
+      std::vector<uint8_t> buffer(kBlock);
+      EXPECT_TRUE(passing->PreadSync(buffer.data(), kBlock, 0).ok());
+    }
+    EXPECT_TRUE(passing->Close().ok());
+  }
+  EXPECT_EQ(runtime->connections(), 1);
+  const uint64_t so_far = reads.completed();
+  EXPECT_TRUE(reads.WaitFor(so_far + 100, kWait));
+  stop.store(true);
+  ASSERT_TRUE(reads.WaitForAll(kWait));
+  EXPECT_EQ(reads.failed(), 0u) << reads.first_error();
+  EXPECT_TRUE(reads.ExactlyOnce());
+  EXPECT_TRUE(reader->Close().ok());
+}
+
 // Caller-driven runtime: no thread at all; the owner's Poll turns the ring for every client.
 TEST_F(SharedRuntimeTest, CallerDrivenRuntimeServesEveryClientFromPoll) {
   const int threads_before = ThreadCountBaseline();

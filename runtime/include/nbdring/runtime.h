@@ -26,7 +26,9 @@
 //
 // Caller-driven (threads = 0): the thread that creates the Runtime owns its one ring and turns
 // it with Poll() (or the attached clients' Client::Poll, which is the same), as for a
-// caller-driven Client (nbdring/client.h). No thread is ever created.
+// caller-driven Client (nbdring/client.h). No thread is ever created. A client of such a
+// runtime may be closed from another thread too: Close then waits for the owner's Polls to
+// drain it.
 #ifndef NBDRING_RUNTIME_H_
 #define NBDRING_RUNTIME_H_
 
