@@ -11,6 +11,7 @@
 #include "nbd/request.h"
 #include "nbdring/client.h"
 #include "runtime/client_impl.h"
+#include "runtime/clock.h"
 #include "runtime/connection.h"
 #include "runtime/logger.h"
 #include "runtime/negotiation.h"
@@ -19,14 +20,6 @@
 
 namespace nbdring {
 namespace {
-
-// A duration for the rings, where "no limit" (infinite, or zero when `zero_is_none`) is
-// `none_ns`.
-int64_t RingNanoseconds(absl::Duration duration, bool zero_is_none, int64_t none_ns) {
-  if (duration == absl::InfiniteDuration()) return none_ns;
-  if (zero_is_none && duration <= absl::ZeroDuration()) return none_ns;
-  return std::max<int64_t>(absl::ToInt64Nanoseconds(duration), 0);
-}
 
 // One reconnect attempt for a connection of this client: connect and negotiate again, and
 // insist on the same export.
@@ -185,8 +178,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::ConnectWith(const ClientOptions&
                                                              connections, ": ",
                                                              more.status().message()));
     }
-    if (more->info.size != info.size || more->info.transmission_flags != info.transmission_flags ||
-        more->info.reply_mode != info.reply_mode || !SameMetaContextNames(more->info, info)) {
+    if (!SameExport(more->info, info)) {
       return absl::FailedPreconditionError(absl::StrCat(
           "connection ", i + 1, " negotiated a different export (size ", more->info.size,
           " flags 0x", absl::Hex(more->info.transmission_flags), ", ",

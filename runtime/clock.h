@@ -7,6 +7,8 @@
 #include <ctime>
 #include <limits>
 
+#include "absl/time/time.h"
+
 namespace nbdring {
 
 inline int64_t MonotonicNanoseconds() {
@@ -30,6 +32,15 @@ inline int64_t DeadlineAfter(int64_t now_ns, int64_t duration_ns) {
     return std::numeric_limits<int64_t>::max();
   }
   return now_ns + duration_ns;
+}
+
+// A duration for the rings, where "no limit" (infinite, or zero when `zero_is_none`) is
+// `none_ns`; negative durations count as zero.
+inline int64_t RingNanoseconds(absl::Duration duration, bool zero_is_none, int64_t none_ns) {
+  if (duration == absl::InfiniteDuration()) return none_ns;
+  if (zero_is_none && duration <= absl::ZeroDuration()) return none_ns;
+  const int64_t ns = absl::ToInt64Nanoseconds(duration);
+  return ns > 0 ? ns : 0;
 }
 
 }  // namespace nbdring

@@ -137,8 +137,11 @@ absl::StatusOr<Negotiated> OpenAndNegotiate(const ClientOptions& options,
   return negotiation.Take();
 }
 
-bool SameMetaContextNames(const ExportInfo& a, const ExportInfo& b) {
-  if (a.meta_contexts.size() != b.meta_contexts.size()) return false;
+bool SameExport(const ExportInfo& a, const ExportInfo& b) {
+  if (a.size != b.size || a.transmission_flags != b.transmission_flags ||
+      a.reply_mode != b.reply_mode || a.meta_contexts.size() != b.meta_contexts.size()) {
+    return false;
+  }
   for (const nbd::MetaContext& context : a.meta_contexts) {
     if (b.FindMetaContext(context.name) == nullptr) return false;
   }
@@ -146,9 +149,7 @@ bool SameMetaContextNames(const ExportInfo& a, const ExportInfo& b) {
 }
 
 absl::Status CheckSameExport(const ExportInfo& first, const Negotiated& again) {
-  const ExportInfo& info = again.info;
-  if (info.size != first.size || info.transmission_flags != first.transmission_flags ||
-      info.reply_mode != first.reply_mode || !SameMetaContextNames(info, first)) {
+  if (!SameExport(again.info, first)) {
     return absl::FailedPreconditionError(
         "the server offers a different export after reconnecting (size, flags, reply mode or "
         "meta contexts changed)");

@@ -42,9 +42,9 @@ absl::StatusOr<Negotiated> OpenAndNegotiate(const ClientOptions& options,
                                             const TlsPlan& tls, int abort_fd = -1,
                                             FileDescriptor* given_socket = nullptr);
 
-// The same meta contexts by name (ids may differ: the spec lets a server number them per
-// connection).
-bool SameMetaContextNames(const ExportInfo& a, const ExportInfo& b);
+// The same export as far as requests care: size, transmission flags, reply mode, and meta
+// contexts by name (ids may differ: the spec lets a server number them per connection).
+bool SameExport(const ExportInfo& a, const ExportInfo& b);
 
 // A reconnect must find the export the client reported: the same size, flags, reply mode,
 // meta contexts (by name) and TLS. FailedPrecondition says what changed.

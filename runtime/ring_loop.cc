@@ -315,16 +315,16 @@ bool RingLoop::ProgressDetaches() {
       idle = idle && (connection->idle() || connection->state() != Connection::State::kOpen);
       closed = closed && connection->quiescent();
     }
-    if (idle && !closed) {
-      for (const std::unique_ptr<Connection>& connection : group->connections) {
-        connection->Disconnect();
+    if (!closed) {
+      // Disconnect only changes state (the NBD_CMD_DISC goes out with this turn's flush), so
+      // a group it applies to finishes on a later turn.
+      if (idle) {
+        for (const std::unique_ptr<Connection>& connection : group->connections) {
+          connection->Disconnect();
+        }
       }
-      closed = group->local_failures == 0;
-      for (const std::unique_ptr<Connection>& connection : group->connections) {
-        closed = closed && connection->quiescent();
-      }
+      continue;
     }
-    if (!closed) continue;
     --closing_groups_;
     ConnectionGroup* done = group;
     group = nullptr;  // let go of it before marking it finished: its owner may free it then

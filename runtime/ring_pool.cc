@@ -6,17 +6,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/clock.h"
 
 namespace nbdring {
-namespace {
-
-int64_t BatchDelayNs(absl::Duration delay) {
-  if (delay == absl::InfiniteDuration()) return 0;
-  return std::max<int64_t>(absl::ToInt64Nanoseconds(delay), 0);
-}
-
-}  // namespace
-
 Runtime::~Runtime() = default;
 
 absl::StatusOr<std::shared_ptr<Runtime>> Runtime::Create(const RuntimeOptions& options) {
@@ -60,7 +52,8 @@ absl::StatusOr<std::shared_ptr<RingPool>> RingPool::Create(const RuntimeOptions&
   RingOptions ring_options;
   ring_options.entries = 16;
   while (ring_options.entries < ring_entries) ring_options.entries *= 2;
-  ring_options.batch_delay_ns = BatchDelayNs(options.completion_batch_delay);
+  ring_options.batch_delay_ns =
+      RingNanoseconds(options.completion_batch_delay, /*zero_is_none=*/false, 0);
   ring_options.batch_min_in_flight = options.completion_batch_min_in_flight;
   if (options.threads == 0) {
     ring_options.notify_fd = true;
