@@ -96,6 +96,14 @@ class ReadLoad {
   std::atomic<uint64_t> errors_{0};
 };
 
+// nbdkit memory with 16 threads, every read sleeping 1 ms in one of them.
+std::unique_ptr<ServerProcess> StartDelayedServer() {
+  auto server = ServerProcess::StartNbdkit(
+      {"--filter=delay", "--threads=16", "memory", "64M", "rdelay=1ms"});
+  EXPECT_TRUE(server.ok()) << server.status();
+  return server.ok() ? *std::move(server) : nullptr;
+}
+
 std::unique_ptr<Client> ConnectAuto(const std::string& uri) {
   ClientOptions options;
   options.uri = uri;
@@ -119,10 +127,9 @@ std::vector<uint64_t> TraceLimit(const Client& client, std::chrono::milliseconds
 TEST(AdaptiveLimitTest, FindsTheThreadsOfADelayedServer) {
   // Every read sleeps 1 ms in one of nbdkit's 16 threads: throughput grows with depth up to
   // 16 and not beyond, so the limit belongs near 16, not at the 256 the caller offers.
-  auto server = ServerProcess::StartNbdkit(
-      {"--filter=delay", "--threads=16", "memory", "64M", "rdelay=1ms"});
-  ASSERT_TRUE(server.ok()) << server.status();
-  std::unique_ptr<Client> client = ConnectAuto((*server)->uri());
+  std::unique_ptr<ServerProcess> server = StartDelayedServer();
+  ASSERT_NE(server, nullptr);
+  std::unique_ptr<Client> client = ConnectAuto(server->uri());
   ASSERT_NE(client, nullptr);
   ReadLoad load(client.get());
   load.Start();
@@ -166,10 +173,9 @@ TEST(AdaptiveLimitTest, FindsTheThreadsOfADelayedServer) {
 TEST(AdaptiveLimitTest, SettlesWithinTwoSecondsAfterTheWorkloadChanges) {
   // 4 KiB reads from the 1 ms delay server want its 16 threads busy; 1 MiB reads from it are
   // bound by copying memory after a few (16 x 1 MiB per 1.3 ms would be 12 GB/s).
-  auto server = ServerProcess::StartNbdkit(
-      {"--filter=delay", "--threads=16", "memory", "64M", "rdelay=1ms"});
-  ASSERT_TRUE(server.ok()) << server.status();
-  std::unique_ptr<Client> client = ConnectAuto((*server)->uri());
+  std::unique_ptr<ServerProcess> server = StartDelayedServer();
+  ASSERT_NE(server, nullptr);
+  std::unique_ptr<Client> client = ConnectAuto(server->uri());
   ASSERT_NE(client, nullptr);
   ReadLoad load(client.get());
   load.Start();

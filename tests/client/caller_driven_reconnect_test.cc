@@ -46,6 +46,28 @@ struct ReadRequest : Operation {
   std::vector<uint8_t> data = std::vector<uint8_t>(kBlock);
 };
 
+// A "server" that takes connections (the kernel queues them on its backlog) and never says a
+// word: every reconnect attempt connects and then waits for a greeting that never comes.
+class SilentListener {
+ public:
+  explicit SilentListener(const std::string& path) : fd_(socket(AF_UNIX, SOCK_STREAM, 0)) {
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    std::strncpy(address.sun_path, path.c_str(), sizeof(address.sun_path) - 1);
+    unlink(path.c_str());
+    ok_ = fd_ >= 0 && bind(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
+          listen(fd_, 64) == 0;
+  }
+  ~SilentListener() {
+    if (fd_ >= 0) close(fd_);
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  int fd_;
+  bool ok_ = false;
+};
+
 // How the test turns the client: Poll() with a bounded wait, or only after epoll says
 // Client::fd() is readable (then Poll(0), which must not wait).
 enum class Driver { kPoll, kEpoll };
@@ -117,6 +139,17 @@ class CallerDrivenReconnectTest : public ::testing::TestWithParam<Driver> {
       EXPECT_EQ(ThreadCount(), threads_before_) << "caller-driven mode started a thread";
     }
     return true;
+  }
+
+  // `reads` go out on `client`, then the server dies and a SilentListener takes its socket:
+  // from then on every reconnect attempt connects and hangs in the handshake.
+  void LoseServerToASilentListener(Client& client, std::vector<ReadRequest>& reads) {
+    SubmitReads(client, reads, 0);
+    ASSERT_TRUE(TurnUntil(client, [&] { return client.stats().wire_requests >= reads.size(); }));
+    server_->Kill(SIGKILL);
+    ASSERT_TRUE(server_->Wait().ok());
+    silent_ = std::make_unique<SilentListener>(server_->socket_path());
+    ASSERT_TRUE(silent_->ok());
   }
 
   void SubmitReads(Client& client, std::vector<ReadRequest>& reads, uint64_t first_block) {
@@ -191,6 +224,7 @@ class CallerDrivenReconnectTest : public ::testing::TestWithParam<Driver> {
   std::unique_ptr<TempDir> disk_dir_;
   std::string disk_path_;
   std::unique_ptr<ServerProcess> server_;
+  std::unique_ptr<SilentListener> silent_;  // in the server's place, once it is lost
   int epoll_ = -1;
   // Declared before the clients the tests hold, which complete everything when destroyed.
   CompletionTracker tracker_;
@@ -226,28 +260,6 @@ TEST_P(CallerDrivenReconnectTest, ReconnectsOverTlsWithPsk) {
   EXPECT_EQ(ThreadCount(), threads_before_);
 }
 
-// A "server" that takes connections (the kernel queues them on its backlog) and never says a
-// word: every reconnect attempt connects and then waits for a greeting that never comes.
-class SilentListener {
- public:
-  explicit SilentListener(const std::string& path) : fd_(socket(AF_UNIX, SOCK_STREAM, 0)) {
-    sockaddr_un address{};
-    address.sun_family = AF_UNIX;
-    std::strncpy(address.sun_path, path.c_str(), sizeof(address.sun_path) - 1);
-    unlink(path.c_str());
-    ok_ = fd_ >= 0 && bind(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
-          listen(fd_, 64) == 0;
-  }
-  ~SilentListener() {
-    if (fd_ >= 0) close(fd_);
-  }
-  bool ok() const { return ok_; }
-
- private:
-  int fd_;
-  bool ok_ = false;
-};
-
 TEST_P(CallerDrivenReconnectTest, CloseWhileReconnectingToASilentServerFailsQueuedRequests) {
   ASSERT_NO_FATAL_FAILURE(StartServer());
   ClientOptions options;
@@ -256,12 +268,7 @@ TEST_P(CallerDrivenReconnectTest, CloseWhileReconnectingToASilentServerFailsQueu
   std::unique_ptr<Client> client = Connect(options);
   ASSERT_NE(client, nullptr);
   std::vector<ReadRequest> reads(4);
-  SubmitReads(*client, reads, 0);
-  ASSERT_TRUE(TurnUntil(*client, [&] { return client->stats().wire_requests >= reads.size(); }));
-  server_->Kill(SIGKILL);
-  ASSERT_TRUE(server_->Wait().ok());
-  SilentListener silent(server_->socket_path());
-  ASSERT_TRUE(silent.ok());
+  ASSERT_NO_FATAL_FAILURE(LoseServerToASilentListener(*client, reads));
   // Turn long enough for the loss to be seen and an attempt to hang in the handshake.
   const absl::Time until = absl::Now() + absl::Milliseconds(300);
   ASSERT_TRUE(TurnUntil(*client, [&] { return absl::Now() >= until; }));
@@ -284,12 +291,7 @@ TEST_P(CallerDrivenReconnectTest, GivesUpWhenTheDelayEndsWhileAttemptsHang) {
   std::unique_ptr<Client> client = Connect(options);
   ASSERT_NE(client, nullptr);
   std::vector<ReadRequest> reads(4);
-  SubmitReads(*client, reads, 0);
-  ASSERT_TRUE(TurnUntil(*client, [&] { return client->stats().wire_requests >= reads.size(); }));
-  server_->Kill(SIGKILL);
-  ASSERT_TRUE(server_->Wait().ok());
-  SilentListener silent(server_->socket_path());
-  ASSERT_TRUE(silent.ok());
+  ASSERT_NO_FATAL_FAILURE(LoseServerToASilentListener(*client, reads));
   // Only the ring's timers can end this: the silent server never makes a socket ready.
   ASSERT_TRUE(TurnUntil(*client, [&] { return tracker_.completed() >= reads.size(); },
                         absl::Seconds(10)))
