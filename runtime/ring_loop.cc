@@ -350,7 +350,12 @@ bool RingLoop::RunTurn(int64_t max_wait_ns) {
   OperationQueue arrived = inbox_.TakeAll();
   while (Operation* operation = arrived.PopFront()) Dispatch(operation);
   if (cancels_.load(std::memory_order_relaxed) != nullptr) ProcessCancels();
-  while (Operation* operation = local_failures_.PopFront()) {
+  // Failures the callbacks below cause wait for the next turn: a callback that resubmits on
+  // every error would otherwise keep this loop going, and every other client of the ring
+  // waiting, for as long as it likes.
+  OperationQueue failed;
+  failed.Append(local_failures_);
+  while (Operation* operation = failed.PopFront()) {
     if (ConnectionGroup* group = StateOf(operation).group; group != nullptr) {
       --group->local_failures;
     }
@@ -373,7 +378,8 @@ bool RingLoop::RunTurn(int64_t max_wait_ns) {
     inline_sends += connection->TakeInlineSend() ? 1 : 0;
   }
   dispatched_since_flush_ = false;
-  if (!local_failures_.empty()) return true;
+  // Failures are waiting for the next turn: reap what is there without sleeping.
+  if (!local_failures_.empty()) max_wait_ns = 0;
 
   int64_t wait_ns = -1;
   const int64_t now = timeout_check_ns_ > 0 || batch_window_.enabled() || closing_groups_ > 0

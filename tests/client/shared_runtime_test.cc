@@ -17,6 +17,7 @@
 #include "nbdring/client.h"
 #include "nbdring/runtime.h"
 #include "tests/testing/completion_tracker.h"
+#include "tests/testing/event.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/threads.h"
 
@@ -250,6 +251,66 @@ TEST_F(SharedRuntimeTest, LosingOneServerLeavesTheOtherClientsRunning) {
   for (auto& client : lost) EXPECT_TRUE(client->Close().ok());
   for (auto& client : kept) EXPECT_TRUE(client->Close().ok());
   (*doomed)->Wait().IgnoreError();  // reaped; a killed server's exit status says nothing
+}
+
+// A callback that resubmits on every error, to a client whose server is gone, fails again
+// at once, on the ring's thread: those failures must wait for the next turn, or the ring
+// spins inside one turn and every other client on it starves.
+struct Resubmitter : Operation {
+  Client* client = nullptr;
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> failures{0};
+  ::nbdring::testing::Event done;
+  std::vector<uint8_t> data = std::vector<uint8_t>(kBlock);
+};
+
+void ResubmitOnError(Operation* operation, const absl::Status& status) {
+  auto* resubmitter = static_cast<Resubmitter*>(operation);
+  if (!status.ok()) resubmitter->failures.fetch_add(1, std::memory_order_relaxed);
+  if (status.ok() || resubmitter->stop.load(std::memory_order_relaxed)) {
+    resubmitter->done.Notify();
+    return;
+  }
+  resubmitter->client->Submit(operation);
+}
+
+TEST_F(SharedRuntimeTest, ACallbackResubmittingOnEveryErrorDoesNotStarveTheRing) {
+  std::shared_ptr<Runtime> runtime = MakeRuntime(1);
+  ASSERT_NE(runtime, nullptr);
+  auto doomed = ServerProcess::StartNbdkit({"memory", "64M"});
+  ASSERT_TRUE(doomed.ok()) << doomed.status();
+  std::unique_ptr<Client> lost = ConnectTo((*doomed)->uri(), runtime);
+  std::unique_ptr<Client> kept = ConnectTo(qemu_->uri(), runtime);
+  ASSERT_NE(lost, nullptr);
+  ASSERT_NE(kept, nullptr);
+  (*doomed)->Kill(SIGKILL);
+  (*doomed)->Wait().IgnoreError();
+  std::vector<uint8_t> buffer(kBlock);
+  // Once a read has failed, the connection is known lost: later requests fail locally.
+  ASSERT_FALSE(lost->PreadSync(buffer.data(), kBlock, 0).ok());
+
+  Resubmitter storm;
+  storm.client = lost.get();
+  storm.command = Command::kRead;
+  storm.length = kBlock;
+  storm.buffer = storm.data.data();
+  storm.on_complete = &ResubmitOnError;
+  lost->Submit(&storm);
+  ASSERT_TRUE(WaitUntil([&] { return storm.failures.load() >= 1000; }, kWait));
+
+  CompletionTracker reads;
+  for (int i = 0; i < 16; ++i) {
+    kept->Pread(buffer.data(), kBlock, i * kBlock, reads.Callback());
+  }
+  const bool served = reads.WaitForAll(absl::Seconds(10));
+  storm.stop.store(true);
+  ASSERT_TRUE(storm.done.WaitFor(kWait));
+  EXPECT_TRUE(served) << reads.completed() << " of 16 reads completed beside the storm";
+  ASSERT_TRUE(reads.WaitForAll(kWait));
+  EXPECT_EQ(reads.failed(), 0u) << reads.first_error();
+  EXPECT_TRUE(reads.ExactlyOnce());
+  EXPECT_TRUE(lost->Close().ok());
+  EXPECT_TRUE(kept->Close().ok());
 }
 
 // A blocking call from a callback could wait for the ring running it: Close and the *Sync
