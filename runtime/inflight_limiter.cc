@@ -128,8 +128,10 @@ bool InflightLimiter::EndPeriod(int64_t now_ns) {
       break;
     }
     case Phase::kFar: {
-      // L is short of the throughput further up when it has less than `far_share` of it.
-      far_wanted_ = 1 / options_.far_share + quantum;
+      // What `up_gain` asks of one step, asked of every step the far probe spans.
+      const double ratio = static_cast<double>(active_) / settled_;
+      const double per_step = 1 + options_.up_gain * (options_.step - 1);
+      far_wanted_ = std::pow(per_step, std::log(ratio) / std::log(options_.step)) + quantum;
       const bool gained = throughput >= base_throughput_ * far_wanted_;
       const bool used = in_flight >= 0.5 * (settled_ + active_);
       if (gained && used) {

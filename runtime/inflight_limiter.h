@@ -44,14 +44,11 @@
 //     on the sweep machine gained 10-20 % from 8 to 128 in flight, 1-4 % per 1.25x step, which
 //     a 40 ms period cannot tell from noise). After two cycles that kept L, then every
 //     `far_every` (16, about 8 s when settled; two again after a pause saw the server
-//     change), the up-probe goes to L x `far_step` (4) instead; L moves there if L had
-//     less than `far_share` (92 %) of its throughput, measured both before and after it
-//     (one lucky period on a busy machine must not move L 4x), and the ordinary cycle
-//     climbs or walks down from there. The share follows the goal (within 90 % of the best
-//     depth's throughput): a slow rise that never pays 2.5 % per 1.25x step (nbdkit memory
-//     on a quiet machine: 84k at 4-5 in flight, 94k at 16, 103k at 256) still adds up to
-//     more than 8.7 % over 4x. (It was the 1.25x steps' 2.5 % compounded over 4x, x1.166,
-//     which such a rise never reached.)
+//     change), the up-probe goes to L x `far_step` (4) instead; L moves there if the
+//     throughput grew by what `up_gain` asks of each 1.25x step, compounded over the far
+//     step (x1.166 for 4x), over L measured both before and after it (one lucky period on a
+//     busy machine must not move L 4x), and the ordinary cycle climbs or walks down from
+//     there.
 //   * L stays within [1, cap]; `cap` is the table's capacity.
 //
 // Each decision compares periods measured back to back, so a slow drift of the server or
@@ -80,17 +77,14 @@ struct InflightLimiterOptions {
   double up_gain = 0.1;     // up when throughput grew by this share of the step's growth
   double down_loss = 0.01;  // down when throughput fell by less than this
   // Every `far_every` cycles that kept L (the first time after two, and two after the server
-  // changed), one probe goes to L x far_step instead of L x step, and L moves there if L
-  // had less than `far_share` of its throughput. A first knee
+  // changed), one probe goes to L x far_step instead of L x step, and L moves there if it
+  // gained what `up_gain` asks of each 1.25x step, compounded (x1.166 for 4x). A first knee
   // followed by a plateau where a 1.25x step buys about 1 % (less than the noise of a 40 ms
   // period) and then a second rise stops the small probes; a 4x probe sees the rise above
   // the noise. 16 cycles of a settled connection last about 8 s, so far probes (4x the
   // latency while they last) take about 0.5 % of the time, below what a p99 sees.
   // 0 turns far probes off.
   double far_step = 4;
-  // L moves up after a far probe when it has less than this share of L x far_step's
-  // throughput: the goal is 90 % of the best, so 92 % keeps a margin for noise.
-  double far_share = 0.92;
   uint32_t far_every = 16;
   // A period longer than this without enough samples (an idle connection) is dropped and
   // the cycle restarts, instead of reading idleness as low throughput.
