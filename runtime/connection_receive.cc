@@ -127,8 +127,10 @@ void Connection::OnReceive(IoCompletion* completion) {
     return;
   }
   if (result == -ENOBUFS && self->shared_receive_ != nullptr) {
-    // The shared ring was empty: more buffers, or (at its maximum) one recv into a private
-    // buffer. Either way the next recv has somewhere to go: no spin.
+    // The shared ring was empty: it grows; at its maximum the recv is armed on it again
+    // (the buffers of this reap are back before the next submission), unless no buffer came
+    // back since this connection's last -ENOBUFS: then one recv goes into a private buffer.
+    // Either way no recv is retried without progress: no spin.
     Increment(self->ring_->counters().shared_receive_exhausted);
     ReceiveBufferRing& shared = *self->shared_receive_;
     if (!shared.Grow()) {
