@@ -38,10 +38,13 @@ Connection::Connection(Ring* ring, FileDescriptor fd, std::unique_ptr<TlsSession
   // One header per slot plus NBD_CMD_DISC; a header and a payload iovec per slot.
   headers_ = std::make_unique<uint8_t[]>((options_.inflight_limit + 1) * nbd::kExtendedRequestSize);
   iovecs_.resize(2 * options_.inflight_limit + 2);
-  receive_buffer_capacity_ = std::min(options_.receive_buffer_bytes, kInitialReceiveBytes);
-  receive_buffer_ = std::make_unique<uint8_t[]>(receive_buffer_capacity_);
-  // Every later session (after a reconnect) is TLS too: the export did not change.
-  if (tls_ != nullptr) plaintext_ = std::make_unique<uint8_t[]>(kTlsPlaintextBytes);
+  // Every later session (after a reconnect) is TLS too: the export did not change. TLS
+  // receives ciphertext, which must be opened record by record: a private buffer.
+  if (tls_ != nullptr) {
+    plaintext_ = std::make_unique<uint8_t[]>(kTlsPlaintextBytes);
+  } else {
+    shared_receive_ = ring_->receive_buffers();
+  }
   send_completion_.handler = &Connection::OnSend;
   send_completion_.owner = this;
   receive_completion_.handler = &Connection::OnReceive;
@@ -64,7 +67,7 @@ Connection::Connection(Ring* ring, FileDescriptor fd, std::unique_ptr<TlsSession
   }
 }
 
-Connection::~Connection() = default;
+Connection::~Connection() { ResizePrivateReceiveBuffer(0); }
 
 void Connection::AdoptMetaContexts(const nbd::ExportInfo& info) {
   parser_options_.meta_context_ids.clear();

@@ -24,18 +24,32 @@
 // the kernel may still read the caller's write buffer. Only StageBatch, PostSend and OnSend
 // touch the chain.
 //
-// Receiving: one recv is always armed. Normally it fills recv_buffer_, which can hold many
-// replies; when the parser is inside a read payload of at least direct_receive_bytes, the recv
-// targets the caller's buffer instead (MSG_WAITALL), so large reads are never copied.
+// Receiving: one recv is always armed. Normally it takes whatever replies have arrived into a
+// receive buffer; when the parser is inside a read payload of at least direct_receive_bytes,
+// the recv targets the caller's buffer instead (MSG_WAITALL), so large reads are never copied.
 //
-// The receive buffer starts small (kInitialReceiveBytes) and doubles, up to
-// receive_buffer_bytes, each time a recv fills it: an idle or lightly loaded connection costs
-// little, a busy one soon takes many replies per recv.
+// Which receive buffer. With a shared ring (the ring's ReceiveBufferRing: Linux 5.19+, plain
+// text), the recv selects one of the ring's shared buffers (IOSQE_BUFFER_SELECT), which the
+// kernel picks only once data is there; the bytes go through the parser (which keeps partial
+// replies itself) and the buffer goes back to the ring at once. An idle connection holds no
+// receive buffer at all. A recv that fills a whole shared buffer marks the connection busy:
+// from then on it receives into a private buffer, receive_buffer_, which starts at twice a
+// shared buffer and doubles, up to receive_buffer_bytes, each time a recv fills it — a busy
+// connection soon takes many replies per recv, as before. A recv that finds the shared ring
+// empty (-ENOBUFS) makes it grow; at its maximum, it is armed again on the shared ring,
+// where other connections' recvs of the same reap give their buffers back before the next
+// submission (the retried recv, issued at submission, picks first). Only if it finds the
+// ring empty again with no buffer given back in between does it take a private buffer for
+// one recv, freed afterwards: never a spin, and no private buffer for a mere crowd.
+//
+// Without a shared ring (TLS, an older kernel, NBDRING_DISABLE_FEATURES=buf_ring) every recv
+// goes into receive_buffer_, which starts at kInitialReceiveBytes (allocated with the first
+// recv) and doubles as above.
 //
 // TLS: with a session, the chain sends the batch sealed in chunks of kTlsSealChunkBytes (the
 // headers and small payloads corked into as few records as fit), one chunk in the kernel at a
 // time, so the server decrypts one while the next is sealed; and every recv carries
-// ciphertext into receive_buffer_, which is opened record by record: small replies into
+// ciphertext into the private receive_buffer_, which is opened record by record: small replies into
 // plaintext_ and through the parser, a read payload straight into the caller's buffer. No
 // recv ever targets a caller's buffer then.
 //
@@ -48,6 +62,7 @@
 
 #include <sys/uio.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -227,6 +242,16 @@ class Connection : private nbd::RequestLookup {
   static void OnSend(IoCompletion* completion);
   void ArmReceive();
   static void OnReceive(IoCompletion* completion);
+  // After a recv of `received` bytes into the shared buffer or receive_buffer_: picks where
+  // the next one goes, and grows or frees receive_buffer_.
+  void AdaptReceiveBuffer(bool was_shared, uint32_t received);
+  // receive_buffer_ with `capacity` bytes (replacing any smaller one), or none (0), counted
+  // in the ring's gauges.
+  void ResizePrivateReceiveBuffer(uint32_t capacity);
+  // What one recv takes into a shared buffer: all of it, or receive_buffer_bytes if less.
+  uint32_t SharedReceiveBytes() const {
+    return std::min(shared_receive_->buffer_bytes(), options_.receive_buffer_bytes);
+  }
   void ProcessInput(absl::Span<const uint8_t> input);
   // TLS: opens every record in `ciphertext` (and any the session holds) into the parser.
   void ProcessCiphertext(absl::Span<const uint8_t> ciphertext);
@@ -289,7 +314,19 @@ class Connection : private nbd::RequestLookup {
   // Receiving.
   IoCompletion receive_completion_;
   IoCompletion cancel_completion_;
-  std::unique_ptr<uint8_t[]> receive_buffer_;
+  // The ring's shared receive buffers; null with TLS or without the kernel feature, when
+  // every recv goes to receive_buffer_.
+  ReceiveBufferRing* shared_receive_ = nullptr;
+  // Receive into receive_buffer_ (not a shared buffer): the connection is busy (a recv
+  // filled a whole shared buffer), for good...
+  bool receive_private_ = false;
+  // ...or only for the next recv, because the shared ring was empty twice with no buffer
+  // given back in between.
+  bool receive_private_once_ = false;
+  // The shared ring was empty for the armed recv; ReceiveBufferRing::returned() then.
+  bool shared_receive_exhausted_ = false;
+  uint64_t shared_returned_at_exhaustion_ = 0;
+  std::unique_ptr<uint8_t[]> receive_buffer_;  // allocated when first needed
   uint32_t receive_buffer_capacity_ = 0;  // grows to options_.receive_buffer_bytes
   std::unique_ptr<uint8_t[]> plaintext_;  // TLS: one opened record
   bool receive_direct_ = false;

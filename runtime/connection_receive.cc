@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "nbd/errors.h"
 #include "nbd/request.h"
@@ -67,14 +68,31 @@ void Connection::ArmReceive() {
     receive_direct_ = true;
     receive_direct_operation_ = slot->operation;
   } else {
-    // While a large read may be next on the wire, take little beyond its header here, so
-    // its payload lands in the caller's buffer instead of being copied out of this one.
-    const uint32_t length = large_payloads_in_flight_ > 0 && tls_ == nullptr
-                                ? std::min(receive_buffer_capacity_, kLargePayloadStagingBytes)
-                                : receive_buffer_capacity_;
-    io_uring_prep_recv(sqe, fd_.get(), receive_buffer_.get(), length, 0);
     receive_direct_ = false;
     receive_direct_operation_ = nullptr;
+    // While a large read may be next on the wire, take little beyond its header here, so
+    // its payload lands in the caller's buffer instead of being copied out of this one.
+    const bool staging = large_payloads_in_flight_ > 0 && tls_ == nullptr;
+    if (shared_receive_ != nullptr && !receive_private_ && !receive_private_once_) {
+      const uint32_t length = staging ? std::min(SharedReceiveBytes(), kLargePayloadStagingBytes)
+                                      : SharedReceiveBytes();
+      io_uring_prep_recv(sqe, fd_.get(), nullptr, length, 0);
+      sqe->flags |= IOSQE_BUFFER_SELECT;
+      sqe->buf_group = ReceiveBufferRing::kGroupId;
+    } else {
+      if (receive_buffer_ == nullptr) {
+        // A busy connection has just filled a shared buffer: start above that. One that only
+        // found the shared ring empty gets as much as a shared buffer would have given it.
+        uint32_t capacity = kInitialReceiveBytes;
+        if (receive_private_) capacity = 2 * SharedReceiveBytes();
+        if (receive_private_once_) capacity = SharedReceiveBytes();
+        ResizePrivateReceiveBuffer(std::min(capacity, options_.receive_buffer_bytes));
+      }
+      const uint32_t length = staging
+                                  ? std::min(receive_buffer_capacity_, kLargePayloadStagingBytes)
+                                  : receive_buffer_capacity_;
+      io_uring_prep_recv(sqe, fd_.get(), receive_buffer_.get(), length, 0);
+    }
   }
   ++kernel_operations_;
 }
@@ -86,6 +104,19 @@ void Connection::OnReceive(IoCompletion* completion) {
   const bool was_direct = self->receive_direct_;
   self->receive_direct_ = false;
   self->receive_direct_operation_ = nullptr;
+  // A shared buffer the kernel filled goes back to the ring once its bytes are parsed (the
+  // parser keeps partial replies itself), on every path out of here.
+  const uint8_t* shared_bytes = nullptr;
+  absl::Cleanup give_back = [self, completion] {
+    if ((completion->flags & IORING_CQE_F_BUFFER) != 0) {
+      self->shared_receive_->Return(
+          static_cast<uint16_t>(completion->flags >> IORING_CQE_BUFFER_SHIFT));
+    }
+  };
+  if ((completion->flags & IORING_CQE_F_BUFFER) != 0) {
+    shared_bytes = self->shared_receive_->buffer(
+        static_cast<uint16_t>(completion->flags >> IORING_CQE_BUFFER_SHIFT));
+  }
   if (self->state_ == State::kDying) {
     self->MaybeFinishDying();
     return;
@@ -93,6 +124,26 @@ void Connection::OnReceive(IoCompletion* completion) {
   if (self->state_ == State::kDisconnecting && self->disconnect_sent_ && result <= 0) {
     self->state_ = State::kClosed;
     self->MaybeFinishDying();
+    return;
+  }
+  if (result == -ENOBUFS && self->shared_receive_ != nullptr) {
+    // The shared ring was empty: it grows; at its maximum the recv is armed on it again
+    // (the buffers of this reap are back before the next submission), unless no buffer came
+    // back since this connection's last -ENOBUFS: then one recv goes into a private buffer.
+    // Either way no recv is retried without progress: no spin.
+    Increment(self->ring_->counters().shared_receive_exhausted);
+    ReceiveBufferRing& shared = *self->shared_receive_;
+    if (!shared.Grow()) {
+      if (self->shared_receive_exhausted_ &&
+          shared.returned() == self->shared_returned_at_exhaustion_) {
+        self->receive_private_once_ = true;  // nothing came back: no retry on the ring
+        self->shared_receive_exhausted_ = false;
+      } else {
+        self->shared_receive_exhausted_ = true;
+        self->shared_returned_at_exhaustion_ = shared.returned();
+      }
+    }
+    self->ArmReceive();
     return;
   }
   if (result == -EINTR || result == -EAGAIN || result == -ENOBUFS) {
@@ -115,24 +166,58 @@ void Connection::OnReceive(IoCompletion* completion) {
     self->parser_.PayloadReceivedDirectly(static_cast<uint64_t>(result));
     self->ProcessInput({});
   } else {
+    const uint8_t* bytes = shared_bytes != nullptr ? shared_bytes : self->receive_buffer_.get();
     if (self->tls_ != nullptr) {
-      self->ProcessCiphertext(
-          absl::MakeConstSpan(self->receive_buffer_.get(), static_cast<size_t>(result)));
+      self->ProcessCiphertext(absl::MakeConstSpan(bytes, static_cast<size_t>(result)));
     } else {
-      self->ProcessInput(
-          absl::MakeConstSpan(self->receive_buffer_.get(), static_cast<size_t>(result)));
+      self->ProcessInput(absl::MakeConstSpan(bytes, static_cast<size_t>(result)));
     }
-    // A full buffer means more was waiting: the next recv gets room for twice as much. The
-    // bytes were all consumed above (the parser and the TLS session keep partial units).
-    if (static_cast<uint32_t>(result) == self->receive_buffer_capacity_ &&
-        self->receive_buffer_capacity_ < self->options_.receive_buffer_bytes) {
-      self->receive_buffer_capacity_ =
-          std::min(self->receive_buffer_capacity_ * 2, self->options_.receive_buffer_bytes);
-      self->receive_buffer_ = std::make_unique<uint8_t[]>(self->receive_buffer_capacity_);
-    }
+    // The bytes were all consumed above (the parser and the TLS session keep partial units).
+    self->shared_receive_exhausted_ = false;
+    self->AdaptReceiveBuffer(shared_bytes != nullptr, static_cast<uint32_t>(result));
   }
+  std::move(give_back).Invoke();  // before the next recv may need the buffer
   if (self->state_ == State::kOpen || self->state_ == State::kDisconnecting) self->ArmReceive();
   if (!self->cancelled_.empty()) self->CompleteCancelled();
+}
+
+void Connection::AdaptReceiveBuffer(bool was_shared, uint32_t received) {
+  if (was_shared) {
+    // A whole shared buffer means more was waiting: a busy connection, which takes many
+    // replies per recv into a private buffer from now on.
+    if (received == SharedReceiveBytes()) receive_private_ = true;
+    return;
+  }
+  if (received == receive_buffer_capacity_) {
+    // Full: more was waiting. The next recv gets room for twice as much, and a connection
+    // that took a private buffer because the shared ring was empty keeps it: it is busy.
+    if (receive_private_once_) {
+      receive_private_once_ = false;
+      receive_private_ = true;
+    }
+    if (receive_buffer_capacity_ < options_.receive_buffer_bytes) {
+      ResizePrivateReceiveBuffer(
+          std::min(receive_buffer_capacity_ * 2, options_.receive_buffer_bytes));
+    }
+  } else if (receive_private_once_) {
+    receive_private_once_ = false;  // back to the shared buffers, holding none
+    ResizePrivateReceiveBuffer(0);
+  }
+}
+
+void Connection::ResizePrivateReceiveBuffer(uint32_t capacity) {
+  RingCounters& gauges = ring_->counters();
+  if (receive_buffer_ != nullptr) {
+    gauges.private_receive_buffers.fetch_sub(1, std::memory_order_relaxed);
+    gauges.private_receive_bytes.fetch_sub(receive_buffer_capacity_, std::memory_order_relaxed);
+  }
+  receive_buffer_.reset();
+  receive_buffer_capacity_ = capacity;
+  if (capacity == 0) return;
+  // Not value-initialised: the kernel writes it before anything reads it.
+  receive_buffer_.reset(new uint8_t[capacity]);
+  gauges.private_receive_buffers.fetch_add(1, std::memory_order_relaxed);
+  gauges.private_receive_bytes.fetch_add(capacity, std::memory_order_relaxed);
 }
 
 void Connection::ProcessCiphertext(absl::Span<const uint8_t> ciphertext) {

@@ -52,7 +52,8 @@ absl::Status DescribeRingSetupFailure(int error_number) {
   }
 }
 
-absl::StatusOr<std::unique_ptr<Ring>> Ring::Create(unsigned entries, bool notify_fd) {
+absl::StatusOr<std::unique_ptr<Ring>> Ring::Create(
+    unsigned entries, bool notify_fd, const ReceiveBufferRingOptions& receive_buffers) {
   std::unique_ptr<Ring> ring(new Ring());
   struct Attempt {
     unsigned flags;
@@ -101,13 +102,31 @@ absl::StatusOr<std::unique_ptr<Ring>> Ring::Create(unsigned entries, bool notify
       ring->setup_description_ = absl::StrCat(
           attempt.description, defer_taskrun ? "" : " (defer_taskrun disabled by "
                                                     "NBDRING_DISABLE_FEATURES)",
-          ", ", waits);
+          ", ", waits, ", ", ring->SetUpReceiveBuffers(receive_buffers));
       return ring;
     }
     // EINVAL means "flag not supported": try the next set. Anything else is final.
     if (result != -EINVAL) break;
   }
   return DescribeRingSetupFailure(-result);
+}
+
+std::string Ring::SetUpReceiveBuffers(const ReceiveBufferRingOptions& options) {
+  if (!options.enabled) return "a private receive buffer per connection (shared ones off)";
+  if (uring_compat::DisabledByEnvironment("buf_ring")) {
+    return "a private receive buffer per connection (buf_ring disabled by "
+           "NBDRING_DISABLE_FEATURES)";
+  }
+  auto registered = ReceiveBufferRing::Register(&ring_, options);
+  if (!registered.ok()) {
+    // Any refusal only costs memory: connections keep private buffers, as before 5.19.
+    return absl::StrCat("a private receive buffer per connection (no provided buffer ring, "
+                        "Linux 5.19: ",
+                        registered.status().message(), ")");
+  }
+  receive_buffers_ = *std::move(registered);
+  return absl::StrCat("receive buffers shared by the ring's connections (buf_ring, up to ",
+                      options.max_buffers, " of ", options.buffer_bytes / 1024, " KiB)");
 }
 
 absl::Status Ring::SetUpNotifyFd() {
@@ -152,6 +171,7 @@ bool Ring::HasPendingWork() {
 }
 
 Ring::~Ring() {
+  receive_buffers_.reset();  // unregisters from the ring, which must still exist
   if (initialised_) io_uring_queue_exit(&ring_);
 }
 

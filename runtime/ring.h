@@ -27,6 +27,7 @@
 
 #include "absl/status/statusor.h"
 #include "runtime/counter.h"
+#include "runtime/receive_buffer_ring.h"
 #include "runtime/socket.h"
 
 namespace nbdring {
@@ -45,11 +46,22 @@ struct RingCounters {
   std::atomic<uint64_t> enters{0};
   std::atomic<uint64_t> sqes{0};
   std::atomic<uint64_t> cqes{0};
+  // Receive memory. Private receive buffers the ring's connections hold now, and their bytes
+  // (gauges: connections change them on this thread, and when destroyed, on any).
+  std::atomic<int64_t> private_receive_buffers{0};
+  std::atomic<int64_t> private_receive_bytes{0};
+  // Recvs that found the shared receive buffer ring empty (each took a private buffer or
+  // made the ring grow).
+  std::atomic<uint64_t> shared_receive_exhausted{0};
 };
 
 class Ring {
  public:
-  static absl::StatusOr<std::unique_ptr<Ring>> Create(unsigned entries, bool notify_fd = false);
+  // `receive_buffers`: the shared receive buffer ring to register (see receive_buffer_ring.h);
+  // without the feature (or with NBDRING_DISABLE_FEATURES=buf_ring) there is none.
+  static absl::StatusOr<std::unique_ptr<Ring>> Create(
+      unsigned entries, bool notify_fd = false,
+      const ReceiveBufferRingOptions& receive_buffers = {});
   ~Ring();
 
   // An SQE whose user_data is `completion`. Submits queued SQEs first when the submission
@@ -82,14 +94,21 @@ class Ring {
   // Completions are waiting to be reaped, or the kernel holds task work for this thread.
   bool HasPendingWork();
   const RingCounters& counters() const { return counters_; }
+  RingCounters& counters() { return counters_; }
+  // Receive buffers the ring's plain-text connections share; null when the kernel lacks
+  // provided buffer rings (Linux 5.19) or they are disabled.
+  ReceiveBufferRing* receive_buffers() { return receive_buffers_.get(); }
   // Describes the set-up the probe chose and the waits it uses, e.g.
-  // "SINGLE_ISSUER|DEFER_TASKRUN|SUBMIT_ALL, completion batching in the kernel (min_wait)".
+  // "SINGLE_ISSUER|DEFER_TASKRUN|SUBMIT_ALL, completion batching in the kernel (min_wait),
+  // receive buffers shared by the ring's connections (buf_ring)".
   const std::string& setup_description() const { return setup_description_; }
 
  private:
   Ring() = default;
   void AccountSubmission();
   absl::Status SetUpNotifyFd();
+  // Registers the shared receive buffer ring if the kernel has it; says which path was taken.
+  std::string SetUpReceiveBuffers(const ReceiveBufferRingOptions& options);
   io_uring ring_{};
   bool initialised_ = false;
   bool min_wait_ = false;
@@ -97,6 +116,7 @@ class Ring {
   RingCounters counters_;
   std::string setup_description_;
   FileDescriptor notify_fd_;
+  std::unique_ptr<ReceiveBufferRing> receive_buffers_;  // unregistered before the ring exits
 };
 
 // Turns a negative errno from io_uring_queue_init into an explanation (exposed for tests).

@@ -32,7 +32,7 @@ absl::StatusOr<std::unique_ptr<RingLoop>> RingLoop::Create(const RingOptions& op
   if (fd < 0) return absl::InternalError(absl::StrCat("eventfd: ", std::strerror(errno)));
   loop->wakeup_fd_ = FileDescriptor(fd);
   // SINGLE_ISSUER/DEFER_TASKRUN rings belong to the thread that creates them.
-  auto ring = Ring::Create(options.entries, options.notify_fd);
+  auto ring = Ring::Create(options.entries, options.notify_fd, options.receive_buffers);
   if (!ring.ok()) return ring.status();
   loop->ring_ = *std::move(ring);
   loop->wakeup_completion_.handler = &RingLoop::OnWakeup;

@@ -58,6 +58,7 @@ struct RingOptions {
   int index = 0;  // the thread is named "nbdring-ring-<index>"
   int cpu = -1;   // pinned to this CPU; -1: not pinned
   bool notify_fd = false;  // set up the notify fd (caller-driven mode)
+  ReceiveBufferRingOptions receive_buffers;
 };
 
 class RingLoop {

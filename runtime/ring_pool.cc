@@ -45,11 +45,13 @@ absl::Status CheckRuntimeOptions(const RuntimeOptions& options) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::shared_ptr<RingPool>> RingPool::Create(const RuntimeOptions& options,
-                                                           unsigned ring_entries) {
+absl::StatusOr<std::shared_ptr<RingPool>> RingPool::Create(
+    const RuntimeOptions& options, unsigned ring_entries,
+    const ReceiveBufferRingOptions& receive_buffers) {
   if (absl::Status checked = CheckRuntimeOptions(options); !checked.ok()) return checked;
   std::shared_ptr<RingPool> pool(new RingPool());
   RingOptions ring_options;
+  ring_options.receive_buffers = receive_buffers;
   ring_options.entries = 16;
   while (ring_options.entries < ring_entries) ring_options.entries *= 2;
   ring_options.batch_delay_ns =

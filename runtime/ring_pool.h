@@ -23,9 +23,11 @@ namespace nbdring {
 
 class RingPool final : public Runtime {
  public:
-  // `ring_entries`: submission queue size of each ring (see RingOptions::entries).
-  static absl::StatusOr<std::shared_ptr<RingPool>> Create(const RuntimeOptions& options,
-                                                          unsigned ring_entries);
+  // `ring_entries`: submission queue size of each ring (see RingOptions::entries);
+  // `receive_buffers`: each ring's shared receive buffers (tests make them tiny).
+  static absl::StatusOr<std::shared_ptr<RingPool>> Create(
+      const RuntimeOptions& options, unsigned ring_entries,
+      const ReceiveBufferRingOptions& receive_buffers = {});
   ~RingPool() override;
   // Stops the rings now: their loops finish and the threads end (caller-driven: on the owner
   // thread, the loop is turned until it finishes). The loop objects stay, idle, until the

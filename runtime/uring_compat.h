@@ -7,6 +7,10 @@
 //   min_wait_usec     6.12    IORING_FEAT_MIN_TIMEOUT    completion batching in the kernel:
 //                                                        "wait min_wait for more completions,
 //                                                        then return once there is one"
+//   buf_ring          5.19    io_uring_register_buf_ring receive buffers shared by a ring's
+//                             succeeding (probe)         connections (receive_buffer_ring.h);
+//                                                        liburing 2.3 has the calls, so
+//                                                        nothing is defined here
 //
 // Every probed feature can also be turned off from outside, to run and test the fallback on
 // a kernel that has it: NBDRING_DISABLE_FEATURES is a comma-separated list of names (see
@@ -49,7 +53,7 @@ int SubmitAndWaitMinTimeout(io_uring* ring, unsigned to_submit, unsigned wait_nr
                             const __kernel_timespec& timeout, uint32_t min_wait_usec);
 
 // True when the environment variable NBDRING_DISABLE_FEATURES (comma-separated, e.g.
-// "min_wait,defer_taskrun") names `feature`.
+// "min_wait,defer_taskrun,buf_ring") names `feature`.
 bool DisabledByEnvironment(std::string_view feature);
 
 }  // namespace nbdring::uring_compat

@@ -144,8 +144,11 @@ struct ClientOptions {
   // busy are shut down and their requests complete with UnavailableError, so Close()
   // returns within about this bound even against a server that stopped answering.
   absl::Duration close_timeout = absl::Seconds(30);
-  // Receive buffer per connection, at most: it starts at 16 KiB and doubles up to this each
-  // time a receive fills it, so idle connections stay small. Read payloads at least
+  // Receive buffer per connection, at most. On Linux 5.19+ without TLS, connections receive
+  // into 32 KiB buffers their ring shares (an idle connection holds none), and one whose
+  // receive fills a shared buffer gets its own; otherwise each has its own from the start.
+  // Its own starts small (16 or 64 KiB) and doubles up to this each time a receive fills
+  // it, so lightly loaded connections stay small. Read payloads at least
   // `direct_receive_bytes` long go straight into the caller's buffer; smaller ones are
   // copied out of this buffer, which lets one receive carry many replies.
   uint32_t receive_buffer_bytes = 256 * 1024;
