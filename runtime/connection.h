@@ -317,12 +317,13 @@ class Connection : private nbd::RequestLookup {
   // The ring's shared receive buffers; null with TLS or without the kernel feature, when
   // every recv goes to receive_buffer_.
   ReceiveBufferRing* shared_receive_ = nullptr;
-  // Receive into receive_buffer_ (not a shared buffer): the connection is busy (a recv
-  // filled a whole shared buffer), for good...
-  bool receive_private_ = false;
-  // ...or only for the next recv, because the shared ring was empty twice with no buffer
-  // given back in between.
-  bool receive_private_once_ = false;
+  // Where a recv that is not direct goes, with a shared ring: a shared buffer; or
+  // receive_buffer_, for good once the connection is busy (a recv filled a whole shared
+  // buffer), or only for the next recv, because the shared ring was empty twice with no
+  // buffer given back in between. Without a shared ring it stays kShared and every recv
+  // goes to receive_buffer_.
+  enum class ReceiveInto { kShared, kPrivateOnce, kPrivate };
+  ReceiveInto receive_into_ = ReceiveInto::kShared;
   // The shared ring was empty for the armed recv; ReceiveBufferRing::returned() then.
   bool shared_receive_exhausted_ = false;
   uint64_t shared_returned_at_exhaustion_ = 0;

@@ -70,28 +70,25 @@ void Connection::ArmReceive() {
   } else {
     receive_direct_ = false;
     receive_direct_operation_ = nullptr;
+    const bool shared = shared_receive_ != nullptr && receive_into_ == ReceiveInto::kShared;
+    if (!shared && receive_buffer_ == nullptr) {
+      // A busy connection has just filled a shared buffer: start above that. One that only
+      // found the shared ring empty gets as much as a shared buffer would have given it.
+      uint32_t initial_bytes = kInitialReceiveBytes;
+      if (receive_into_ == ReceiveInto::kPrivate) initial_bytes = 2 * SharedReceiveBytes();
+      if (receive_into_ == ReceiveInto::kPrivateOnce) initial_bytes = SharedReceiveBytes();
+      ResizePrivateReceiveBuffer(std::min(initial_bytes, options_.receive_buffer_bytes));
+    }
+    const uint32_t capacity = shared ? SharedReceiveBytes() : receive_buffer_capacity_;
     // While a large read may be next on the wire, take little beyond its header here, so
     // its payload lands in the caller's buffer instead of being copied out of this one.
-    const bool staging = large_payloads_in_flight_ > 0 && tls_ == nullptr;
-    if (shared_receive_ != nullptr && !receive_private_ && !receive_private_once_) {
-      const uint32_t length = staging ? std::min(SharedReceiveBytes(), kLargePayloadStagingBytes)
-                                      : SharedReceiveBytes();
-      io_uring_prep_recv(sqe, fd_.get(), nullptr, length, 0);
+    const uint32_t length = large_payloads_in_flight_ > 0 && tls_ == nullptr
+                                ? std::min(capacity, kLargePayloadStagingBytes)
+                                : capacity;
+    io_uring_prep_recv(sqe, fd_.get(), shared ? nullptr : receive_buffer_.get(), length, 0);
+    if (shared) {
       sqe->flags |= IOSQE_BUFFER_SELECT;
       sqe->buf_group = ReceiveBufferRing::kGroupId;
-    } else {
-      if (receive_buffer_ == nullptr) {
-        // A busy connection has just filled a shared buffer: start above that. One that only
-        // found the shared ring empty gets as much as a shared buffer would have given it.
-        uint32_t capacity = kInitialReceiveBytes;
-        if (receive_private_) capacity = 2 * SharedReceiveBytes();
-        if (receive_private_once_) capacity = SharedReceiveBytes();
-        ResizePrivateReceiveBuffer(std::min(capacity, options_.receive_buffer_bytes));
-      }
-      const uint32_t length = staging
-                                  ? std::min(receive_buffer_capacity_, kLargePayloadStagingBytes)
-                                  : receive_buffer_capacity_;
-      io_uring_prep_recv(sqe, fd_.get(), receive_buffer_.get(), length, 0);
     }
   }
   ++kernel_operations_;
@@ -106,17 +103,12 @@ void Connection::OnReceive(IoCompletion* completion) {
   self->receive_direct_operation_ = nullptr;
   // A shared buffer the kernel filled goes back to the ring once its bytes are parsed (the
   // parser keeps partial replies itself), on every path out of here.
-  const uint8_t* shared_bytes = nullptr;
-  absl::Cleanup give_back = [self, completion] {
-    if ((completion->flags & IORING_CQE_F_BUFFER) != 0) {
-      self->shared_receive_->Return(
-          static_cast<uint16_t>(completion->flags >> IORING_CQE_BUFFER_SHIFT));
-    }
+  const bool selected = (completion->flags & IORING_CQE_F_BUFFER) != 0;
+  const auto buffer_id = static_cast<uint16_t>(completion->flags >> IORING_CQE_BUFFER_SHIFT);
+  absl::Cleanup give_back = [self, selected, buffer_id] {
+    if (selected) self->shared_receive_->Return(buffer_id);
   };
-  if ((completion->flags & IORING_CQE_F_BUFFER) != 0) {
-    shared_bytes = self->shared_receive_->buffer(
-        static_cast<uint16_t>(completion->flags >> IORING_CQE_BUFFER_SHIFT));
-  }
+  const uint8_t* shared_bytes = selected ? self->shared_receive_->buffer(buffer_id) : nullptr;
   if (self->state_ == State::kDying) {
     self->MaybeFinishDying();
     return;
@@ -136,7 +128,8 @@ void Connection::OnReceive(IoCompletion* completion) {
     if (!shared.Grow()) {
       if (self->shared_receive_exhausted_ &&
           shared.returned() == self->shared_returned_at_exhaustion_) {
-        self->receive_private_once_ = true;  // nothing came back: no retry on the ring
+        // Nothing came back: no retry on the ring.
+        self->receive_into_ = ReceiveInto::kPrivateOnce;
         self->shared_receive_exhausted_ = false;
       } else {
         self->shared_receive_exhausted_ = true;
@@ -185,22 +178,19 @@ void Connection::AdaptReceiveBuffer(bool was_shared, uint32_t received) {
   if (was_shared) {
     // A whole shared buffer means more was waiting: a busy connection, which takes many
     // replies per recv into a private buffer from now on.
-    if (received == SharedReceiveBytes()) receive_private_ = true;
+    if (received == SharedReceiveBytes()) receive_into_ = ReceiveInto::kPrivate;
     return;
   }
   if (received == receive_buffer_capacity_) {
     // Full: more was waiting. The next recv gets room for twice as much, and a connection
     // that took a private buffer because the shared ring was empty keeps it: it is busy.
-    if (receive_private_once_) {
-      receive_private_once_ = false;
-      receive_private_ = true;
-    }
+    if (receive_into_ == ReceiveInto::kPrivateOnce) receive_into_ = ReceiveInto::kPrivate;
     if (receive_buffer_capacity_ < options_.receive_buffer_bytes) {
       ResizePrivateReceiveBuffer(
           std::min(receive_buffer_capacity_ * 2, options_.receive_buffer_bytes));
     }
-  } else if (receive_private_once_) {
-    receive_private_once_ = false;  // back to the shared buffers, holding none
+  } else if (receive_into_ == ReceiveInto::kPrivateOnce) {
+    receive_into_ = ReceiveInto::kShared;  // back to the shared buffers, holding none
     ResizePrivateReceiveBuffer(0);
   }
 }
