@@ -19,6 +19,8 @@
 #include "runtime/receive_buffer_ring.h"
 #include "runtime/ring.h"
 #include "runtime/ring_pool.h"
+#include "runtime/uring_compat.h"
+#include "tests/runtime/test_support.h"
 #include "tests/testing/completion_tracker.h"
 #include "tests/testing/server_process.h"
 
@@ -27,6 +29,7 @@ namespace {
 
 using ::nbd::testing::ServerProcess;
 using ::nbdring::testing::CompletionTracker;
+using ::nbdring::testing::DescribeDifference;
 
 constexpr uint64_t kBlock = 4096;
 constexpr absl::Duration kWait = absl::Seconds(60);
@@ -35,10 +38,8 @@ uint8_t ByteAt(uint64_t offset) {
   return static_cast<uint8_t>(offset * 131 + (offset >> 12) * 17 + 5);
 }
 
-bool SharedBuffersOff() {
-  const char* disabled = std::getenv("NBDRING_DISABLE_FEATURES");
-  return disabled != nullptr && absl::StrContains(disabled, "buf_ring");
-}
+// The fallback variant: the same switch the ring reads (runtime/uring_compat.h).
+bool SharedBuffersOff() { return uring_compat::DisabledByEnvironment("buf_ring"); }
 
 class SharedReceiveBuffersTest : public ::testing::Test {
  protected:
@@ -108,14 +109,11 @@ class SharedReceiveBuffersTest : public ::testing::Test {
     ASSERT_TRUE(reads.WaitForAll(kWait));
     EXPECT_TRUE(reads.first_error().ok()) << reads.first_error();
     EXPECT_TRUE(reads.ExactlyOnce());
+    std::vector<uint8_t> expected(kBlock);
     for (int i = 0; i < count; ++i) {
-      for (uint64_t j = 0; j < kBlock; ++j) {
-        if (blocks[i][j] != ByteAt(offsets[i] + j)) {
-          ADD_FAILURE() << "read " << i << " at " << offsets[i] << ": byte " << j << " is "
-                        << int{blocks[i][j]} << ", expected " << int{ByteAt(offsets[i] + j)};
-          break;
-        }
-      }
+      for (uint64_t j = 0; j < kBlock; ++j) expected[j] = ByteAt(offsets[i] + j);
+      EXPECT_EQ(DescribeDifference(expected, blocks[i]), "")
+          << "read " << i << " at offset " << offsets[i];
     }
   }
 
